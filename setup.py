@@ -1,0 +1,39 @@
+"""Installs spectral_density (the library) and its experiments."""
+
+import setuptools
+
+setuptools.setup(
+    name='spectral_density',
+    version='0.1.0',
+    description='Hessian eigenvalue densities of JAX models by stochastic '
+                'Lanczos quadrature (Ghorbani, Krishnan & Xiao, ICML 2019).',
+    long_description=open('README.md').read() if __import__('os').path.exists(
+        'README.md') else '',
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['spectral_density',
+                                               'spectral_density.*',
+                                               'experiments', 'experiments.*',
+                                               'configs']),
+    package_data={'experiments': ['data/*']},
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.8',
+        'numpy>=1.26',
+        'scipy>=1.11',
+        'matplotlib>=3.8',
+    ],
+    extras_require={
+        'experiments': [
+            'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
+            'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
+        ],
+        'tfds': ['tensorflow-datasets>=4.9'],
+        'test': [
+            'pytest>=8', 'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
+            'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
+            'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29',
+        ],
+        'notebook': ['flax>=0.10', 'optax>=0.2', 'ml_collections>=1.0',
+                     'absl-py>=2.0', 'tqdm>=4.66', 'ipykernel>=6.29'],
+    },
+)

@@ -1,0 +1,198 @@
+"""Curvature-vector products of one batch: Hessian, Gauss-Newton, empirical Fisher.
+
+Every product here is a pure function of `(params, batch, v)` with `v` a pytree
+shaped like `params`; nothing is materialised beyond a few parameter-sized
+pytrees, except in `full_hessian`, which is for small models only.
+
+The three curvatures, for a loss that is the mean over the `B` examples of a
+batch:
+
+* ``'hessian'``: ``H = d^2 L / d params^2``; ``loss(params, batch) -> scalar``.
+* ``'ggn'``: the Gauss-Newton matrix ``J^T H_out J`` with ``J`` the Jacobian of
+  the model's outputs and ``H_out`` the Hessian of the loss in the outputs;
+  ``loss`` is the pair ``(model_fn, output_loss)`` with
+  ``model_fn(params, batch) -> outputs`` and ``output_loss(outputs, batch) ->
+  scalar``.
+* ``'fisher'``: the empirical Fisher ``(1/B) sum_i g_i g_i^T`` with ``g_i`` the
+  gradient of example ``i``'s loss; ``loss(params, batch) -> [B]`` returns the
+  per-example losses (their mean is the training loss).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+CURVATURES = ('hessian', 'ggn', 'fisher')
+
+
+def hvp(loss, params, batch, v):
+  """Hessian-vector product ``H v`` by forward-over-reverse (`jvp` of `grad`).
+
+  Same name and signature as the original `hessian_computation.hvp`.
+
+  Args:
+    loss: ``loss(params, batch) -> scalar``, the mean loss over the batch.
+    params: pytree of arrays, the point where the Hessian is taken.
+    batch: any pytree the loss accepts.
+    v: pytree with the structure and shapes of `params`.
+
+  Returns:
+    ``H v``, a pytree shaped like `params`.
+  """
+  return jax.jvp(lambda p: jax.grad(loss)(p, batch), (params,), (v,))[1]
+
+
+def ggn_vp(model_fn, output_loss, params, batch, v):
+  """Gauss-Newton-vector product ``J^T H_out J v``.
+
+  One forward pass (`linearize`), one Jacobian-vector product, one
+  Hessian-vector product in the (small) output space, one transpose.
+
+  Args:
+    model_fn: ``model_fn(params, batch) -> outputs`` (any pytree of arrays).
+    output_loss: ``output_loss(outputs, batch) -> scalar`` mean loss.
+    params: pytree of arrays.
+    batch: any pytree.
+    v: pytree shaped like `params`.
+
+  Returns:
+    ``G v``, a pytree shaped like `params`.
+  """
+  f = lambda p: model_fn(p, batch)
+  outputs, f_jvp = jax.linearize(f, params)
+  jv = f_jvp(v)
+  out_grad = jax.grad(lambda o: output_loss(o, batch))
+  h_jv = jax.jvp(out_grad, (outputs,), (jv,))[1]
+  return jax.linear_transpose(f_jvp, params)(h_jv)[0]
+
+
+def fisher_vp(per_example_loss, params, batch, v):
+  """Empirical-Fisher-vector product ``(1/B) sum_i g_i (g_i . v)``.
+
+  Computed as ``J_l^T (J_l v) / B`` with ``J_l`` the ``[B, n]`` Jacobian of the
+  per-example losses, so per-example gradients are never stored.
+
+  Args:
+    per_example_loss: ``per_example_loss(params, batch) -> [B]``.
+    params: pytree of arrays.
+    batch: any pytree.
+    v: pytree shaped like `params`.
+
+  Returns:
+    ``F v``, a pytree shaped like `params`.
+  """
+  f = lambda p: per_example_loss(p, batch)
+  losses, f_jvp = jax.linearize(f, params)
+  jv = f_jvp(v)
+  return jax.linear_transpose(f_jvp, params)(jv / losses.shape[0])[0]
+
+
+@functools.lru_cache(maxsize=None)
+def curvature_fns(curvature, loss):
+  """The per-batch product and mean-loss functions of a curvature.
+
+  Cached on `(curvature, loss)` so that operators built for the same loss share
+  one function object, hence one compiled program.
+
+  Args:
+    curvature: one of ``'hessian'``, ``'ggn'``, ``'fisher'``.
+    loss: what that curvature expects (see the module docstring).
+
+  Returns:
+    ``(product, mean_loss)``: ``product(params, batch, v) -> pytree`` and
+    ``mean_loss(params, batch) -> scalar``.
+  """
+  if curvature == 'hessian':
+    return functools.partial(hvp, loss), loss
+  if curvature == 'ggn':
+    if not (isinstance(loss, tuple) and len(loss) == 2):
+      raise ValueError(
+          "curvature='ggn' needs loss=(model_fn, output_loss), got "
+          f'{type(loss).__name__}.')
+    model_fn, output_loss = loss
+    mean_loss = lambda p, b: output_loss(model_fn(p, b), b)
+    return functools.partial(ggn_vp, model_fn, output_loss), mean_loss
+  if curvature == 'fisher':
+    mean_loss = lambda p, b: jnp.mean(loss(p, b))
+    return functools.partial(fisher_vp, loss), mean_loss
+  raise ValueError(f'curvature must be one of {CURVATURES}, got {curvature!r}.')
+
+
+def check_loss_output(curvature, loss, params, batch):
+  """Raises ValueError naming `loss` when its output has the wrong shape."""
+  if curvature == 'ggn':
+    model_fn, output_loss = loss
+    out = jax.eval_shape(
+        lambda p, b: output_loss(model_fn(p, b), b), params, batch)
+    expected, what = (), 'output_loss(model_fn(params, batch), batch)'
+  else:
+    out = jax.eval_shape(loss, params, batch)
+    expected, what = ((), 'loss(params, batch)')
+  if curvature == 'fisher':
+    if len(out.shape) != 1:
+      raise ValueError(
+          "loss: with curvature='fisher', loss(params, batch) must return the "
+          f'per-example losses [batch_size], got shape {out.shape}.')
+    return
+  if out.shape != expected:
+    raise ValueError(
+        f'loss: {what} must return a scalar (the mean loss over the batch), '
+        f'got shape {out.shape}.')
+
+
+def dense_matrix(matvec, dim, *, chunk_size=256, dtype=None):
+  """The ``[dim, dim]`` matrix of a linear operator, one column block at a time.
+
+  Args:
+    matvec: ``[dim] -> [dim]``, traceable with `jax.vmap`.
+    dim: number of rows and columns.
+    chunk_size: columns computed together (memory ~ chunk_size x one product).
+    dtype: dtype of the basis vectors; defaults to the default float dtype.
+
+  Returns:
+    numpy array ``[dim, dim]``; column ``j`` is ``matvec(e_j)``.
+  """
+  dtype = dtype or jnp.result_type(float)
+  block = jax.jit(jax.vmap(matvec))
+  cols = []
+  for start in range(0, dim, chunk_size):
+    stop = min(start + chunk_size, dim)
+    eye = jnp.zeros((stop - start, dim), dtype)
+    eye = eye.at[jnp.arange(stop - start), jnp.arange(start, stop)].set(1)
+    cols.append(np.asarray(block(eye)))
+  return np.concatenate(cols, axis=0).T
+
+
+def full_hessian(loss, params, batch, *, chunk_size=256):
+  """The dense Hessian of `loss` at `params`, for small models.
+
+  Same name and arguments as the original `hessian_computation.full_hessian`.
+  Rows and columns follow `jax.flatten_util.ravel_pytree(params)`.
+
+  Args:
+    loss: ``loss(params, batch) -> scalar``.
+    params: pytree of arrays with `n` entries in all.
+    batch: any pytree.
+    chunk_size: Hessian columns computed per compiled call.
+
+  Returns:
+    numpy array ``[n, n]`` in the dtype of the flattened params.
+  """
+  flat, unravel = ravel_pytree(params)
+  def matvec(v):
+    return ravel_pytree(hvp(loss, params, batch, unravel(v)))[0]
+  return dense_matrix(matvec, flat.size, chunk_size=chunk_size,
+                      dtype=flat.dtype)
+
+
+def exact_eigenvalues(matrix):
+  """Ascending eigenvalues ``[n]`` of a dense symmetric matrix (numpy eigvalsh).
+
+  The matrix is symmetrised first: a Hessian assembled from products is only
+  symmetric up to rounding.
+  """
+  matrix = np.asarray(matrix)
+  return np.linalg.eigvalsh(0.5 * (matrix + matrix.T))

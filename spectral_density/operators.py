@@ -1,0 +1,396 @@
+"""Full-dataset curvature operators, data parallel with `jax.pmap`.
+
+`get_hvp_fn` turns `(loss, params, dataset)` into `hvp_fn`, a function of a
+flat vector ``v [num_params]`` returning ``H v`` where ``H`` is the curvature of
+the mean loss over every example of the dataset.
+
+Device-resident datasets (a pytree of arrays with a leading example axis) are
+cut into batches of `batch_size` consecutive examples. The full batches are
+dealt to the local devices in contiguous runs; each device sums the products of
+its own batches in a `lax.scan`, then a `psum` adds the devices (and hosts).
+The batch layout does not depend on the number of devices, so neither does the
+result, even for losses that couple the examples of a batch (batch norm in
+train mode). Examples are weighted, not batches:
+
+* when the number of full batches is not a multiple of the device count, the
+  missing slots hold copies of batch 0 with weight 0 (batch-level mask);
+* the last ``N mod batch_size`` examples form one short batch of their own,
+  weighted by its size, computed on every device (replicated, so no `psum`).
+
+Iterable datasets (a list of batches, or a callable returning a fresh iterator
+of batches) stay on the host and are streamed: batches of the common size go
+to the devices `num_devices` at a time, others run alone; each is weighted by
+its number of examples.
+
+A new parameter value (`hvp_fn.with_params(p)`, or a new `get_hvp_fn` call with
+the same loss and shapes) reuses every compiled program.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from spectral_density import hessian
+
+AXIS = 'devices'
+
+
+def _default_accum_dtype(param_dtype):
+  return jnp.float64 if jax.config.jax_enable_x64 else param_dtype
+
+
+def _flat_fn(fn, kind):
+  """Wraps a per-batch pytree function into ``f(params, batch, v) -> flat``.
+
+  `v` is ``[k, n]`` (a batch of vectors, vmapped so the forward pass over the
+  data is shared) or None for the gradient and the loss.
+  """
+  if kind == 'product':
+    def product(params, batch, v):
+      flat, unravel = ravel_pytree(params)
+      one = lambda u: ravel_pytree(fn(params, batch, unravel(u.astype(flat.dtype))))[0]
+      return jax.vmap(one)(v)
+    return product
+  if kind == 'gradient':
+    return lambda params, batch, v: ravel_pytree(jax.grad(fn)(params, batch))[0]
+  return lambda params, batch, v: fn(params, batch)
+
+
+@functools.lru_cache(maxsize=None)
+def batch_function(curvature, loss, kind):
+  """``f(params, batch, v)`` for `kind` in product/gradient/loss, cached."""
+  product, mean_loss = hessian.curvature_fns(curvature, loss)
+  return _flat_fn(product if kind == 'product' else mean_loss, kind)
+
+
+def _sharded_reduce(batch_fn, params, data, weights, rem_batch, rem_weight,
+                    accum_dtype):
+  """``reduce(v)``: the example-weighted sum of `batch_fn` over all batches."""
+  def reduce(v):
+    def body(acc, batch_and_weight):
+      batch, weight = batch_and_weight
+      return acc + weight * batch_fn(params, batch, v).astype(accum_dtype), None
+    shape = jax.eval_shape(
+        batch_fn, params, jax.tree.map(lambda x: x[0], data), v).shape
+    local, _ = jax.lax.scan(body, jnp.zeros(shape, accum_dtype),
+                            (data, weights))
+    total = jax.lax.psum(local, AXIS)
+    if rem_batch is not None:
+      total = total + rem_weight * batch_fn(params, rem_batch, v).astype(
+          accum_dtype)
+    return total
+  return reduce
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_runner(devices):
+  """One pmapped entry point per device set; programs and batch functions are
+  static arguments, so each (program, loss, shapes) compiles once."""
+  def run(program, batch_fn, accum_dtype, params, data, weights, rem_batch,
+          rem_weight, args):
+    reduce = _sharded_reduce(batch_fn, params, data, weights, rem_batch,
+                             rem_weight, accum_dtype)
+    return program(reduce, *args)
+  return jax.pmap(
+      run, axis_name=AXIS, devices=list(devices),
+      in_axes=(None, None, None, None, 0, 0, None, None, None),
+      static_broadcasted_argnums=(0, 1, 2), out_axes=None)
+
+
+def _check_dataset_arrays(dataset):
+  leaves = jax.tree.leaves(dataset)
+  if not leaves:
+    raise ValueError('dataset: empty (no arrays).')
+  sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(
+        'dataset: every array needs the same leading example axis, got '
+        f'leading sizes {sorted(map(str, sizes))}.')
+  num_examples = sizes.pop()
+  if num_examples == 0:
+    raise ValueError('dataset: has 0 examples.')
+  return num_examples
+
+
+def shard_dataset(dataset, batch_size, num_devices, weight_dtype=np.float32):
+  """Lays a dataset out in batches over devices (host side, numpy).
+
+  Args:
+    dataset: pytree of arrays ``[N, ...]``.
+    batch_size: examples per batch (clipped to N).
+    num_devices: D.
+    weight_dtype: dtype of the returned weights.
+
+  Returns:
+    ``(data, weights, rem_batch, rem_weight)``: `data` leaves
+    ``[D, batches_per_device, batch_size, ...]``, `weights`
+    ``[D, batches_per_device]`` (``batch_size / N`` or 0 for padding),
+    `rem_batch` the last ``N mod batch_size`` examples (None if none) and
+    `rem_weight` = ``(N mod batch_size) / N``.
+  """
+  n = _check_dataset_arrays(dataset)
+  if batch_size is None or int(batch_size) < 1:
+    raise ValueError(
+        f'batch_size: must be a positive integer for an array dataset, got '
+        f'{batch_size!r}.')
+  b = min(int(batch_size), n)
+  num_full = n // b
+  per_device = math.ceil(num_full / num_devices)
+  pad = per_device * num_devices - num_full
+
+  def arrange(x):
+    x = np.asarray(x)
+    full = x[:num_full * b].reshape((num_full, b) + x.shape[1:])
+    if pad:
+      full = np.concatenate([full, np.repeat(full[:1], pad, axis=0)])
+    return full.reshape((num_devices, per_device, b) + x.shape[1:])
+
+  data = jax.tree.map(arrange, dataset)
+  weights = np.array([b / n] * num_full + [0.0] * pad, weight_dtype)
+  weights = weights.reshape(num_devices, per_device)
+  rem = n - num_full * b
+  rem_batch = (jax.tree.map(lambda x: np.asarray(x)[num_full * b:], dataset)
+               if rem else None)
+  return data, weights, rem_batch, np.asarray(rem / n, weight_dtype)
+
+
+def _cast_params(params, dtype):
+  if dtype is None:
+    return params
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      params)
+
+
+def _matvec_program(reduce, v):
+  return reduce(v)
+
+
+def _value_program(reduce):
+  return reduce(None)
+
+
+class _Operator:
+  """Shared surface of the two dataset operators (see `get_hvp_fn`)."""
+
+  def __init__(self, params, curvature, loss, accum_dtype):
+    flat, self.unravel = ravel_pytree(params)
+    self.params = params
+    self.curvature = curvature
+    self.loss_fn = loss
+    self.num_params = flat.size
+    self.dtype = flat.dtype
+    self.accum_dtype = accum_dtype
+
+  @property
+  def shape(self):
+    return (self.num_params, self.num_params)
+
+  def _check_v(self, v):
+    v = jnp.asarray(v)
+    if v.ndim not in (1, 2) or v.shape[-1] != self.num_params:
+      raise ValueError(
+          f'v: expected shape [num_params] = [{self.num_params}] (or '
+          f'[k, {self.num_params}]), got {tuple(v.shape)}.')
+    return v
+
+  def __call__(self, v):
+    """``H v`` for ``v [num_params]`` (or ``[k, num_params]``, row by row)."""
+    v = self._check_v(v)
+    out = self._reduce('product', v if v.ndim == 2 else v[None])
+    return out if v.ndim == 2 else out[0]
+
+  def gradient(self):
+    """Flat gradient ``[num_params]`` of the mean loss over the dataset."""
+    return self._reduce('gradient', None)
+
+  def loss(self):
+    """The mean loss over the dataset (scalar)."""
+    return self._reduce('loss', None)
+
+
+class ResidentOperator(_Operator):
+  """Curvature operator over a dataset held on the devices (see module doc).
+
+  Besides ``hvp_fn(v)``, `run(program, *args)` executes
+  ``program(reduce, *args)`` inside the pmapped program, where ``reduce(v)``
+  maps ``[k, num_params] -> [k, num_params]``; `lanczos_alg` uses it to compile
+  the whole Lanczos run, products included, into one program.
+  """
+
+  traceable = True
+
+  def __init__(self, loss, params, dataset, *, batch_size, curvature, devices,
+               accum_dtype, _placed=None):
+    super().__init__(params, curvature, loss, accum_dtype)
+    self.devices = tuple(devices)
+    if _placed is None:
+      data, weights, rem_batch, rem_weight = shard_dataset(
+          dataset, batch_size, len(self.devices), np.dtype(accum_dtype))
+      put = jax.pmap(lambda x: x, devices=list(self.devices))
+      _placed = (jax.tree.map(put, data), put(weights),
+                 jax.device_put(rem_batch, self.devices[0]),
+                 jnp.asarray(rem_weight))
+      self.num_examples = _check_dataset_arrays(dataset)
+    self._placed = _placed
+
+  def with_params(self, params):
+    """The same operator at new parameters; reuses data and compiled code."""
+    op = ResidentOperator(self.loss_fn, params, None, batch_size=None,
+                          curvature=self.curvature, devices=self.devices,
+                          accum_dtype=self.accum_dtype, _placed=self._placed)
+    op.num_examples = self.num_examples
+    return op
+
+  def run(self, program, *args, kind='product'):
+    """Runs ``program(reduce, *args)`` on all devices; returns its output."""
+    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
+    data, weights, rem_batch, rem_weight = self._placed
+    return _sharded_runner(self.devices)(
+        program, batch_fn, self.accum_dtype, self.params, data, weights,
+        rem_batch, rem_weight, args)
+
+  def _reduce(self, kind, v):
+    if v is None:
+      return self.run(_value_program, kind=kind)
+    return self.run(_matvec_program, v, kind=kind)
+
+
+@functools.lru_cache(maxsize=None)
+def _stream_group_fn(devices, batch_fn, accum_dtype):
+  """pmap over a group of equal batches, one per device, weighted, psummed."""
+  def group(params, batch, weight, v):
+    out = batch_fn(params, batch, v).astype(accum_dtype)
+    return jax.lax.psum(weight * out, AXIS)
+  return jax.pmap(group, axis_name=AXIS, devices=list(devices),
+                  in_axes=(None, 0, 0, None), out_axes=None)
+
+
+@functools.lru_cache(maxsize=None)
+def _stream_single_fn(batch_fn, accum_dtype):
+  return jax.jit(lambda p, b, w, v: w * batch_fn(p, b, v).astype(accum_dtype))
+
+
+class StreamingOperator(_Operator):
+  """Curvature operator over batches streamed from the host (see module doc).
+
+  Not traceable: `lanczos_alg` drives it from a host loop, one compiled
+  Lanczos update per step.
+  """
+
+  traceable = False
+
+  def __init__(self, loss, params, batches, *, curvature, devices, accum_dtype):
+    super().__init__(params, curvature, loss, accum_dtype)
+    self.devices = tuple(devices)
+    self.batches = batches
+    self.num_examples = None
+
+  def with_params(self, params):
+    """The same operator at new parameters; reuses compiled code."""
+    return StreamingOperator(self.loss_fn, params, self.batches,
+                             curvature=self.curvature, devices=self.devices,
+                             accum_dtype=self.accum_dtype)
+
+  def _iterate(self):
+    return iter(self.batches() if callable(self.batches) else self.batches)
+
+  def _reduce(self, kind, v):
+    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
+    group_fn = _stream_group_fn(self.devices, batch_fn, self.accum_dtype)
+    single_fn = _stream_single_fn(batch_fn, self.accum_dtype)
+    num_dev = len(self.devices)
+    total, count, group, size = None, 0, [], None
+
+    def add(total, out):
+      return out if total is None else total + out
+
+    def flush(total, group):
+      weights = [float(s) for s in group[1]]
+      pad = num_dev - len(group[0])
+      stacked = jax.tree.map(lambda *xs: np.stack(xs + xs[:1] * pad),
+                             *group[0])
+      weights = np.asarray(weights + [0.0] * pad, np.dtype(self.accum_dtype))
+      return add(total, group_fn(self.params, stacked, weights, v))
+
+    pending = ([], [])
+    for batch in self._iterate():
+      leaves = jax.tree.leaves(batch)
+      n = int(np.shape(leaves[0])[0]) if leaves else 0
+      if n == 0:
+        continue
+      count += n
+      size = n if size is None else size
+      if n == size and num_dev > 1:
+        pending[0].append(batch)
+        pending[1].append(n)
+        if len(pending[0]) == num_dev:
+          total = flush(total, pending)
+          pending = ([], [])
+      else:
+        total = add(total, single_fn(self.params, batch, float(n), v))
+    if pending[0]:
+      total = flush(total, pending)
+    if count == 0:
+      raise ValueError('dataset: the batch stream yielded no examples.')
+    self.num_examples = count
+    return total / count
+
+
+def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
+               devices=None, dtype=None, accum_dtype=None):
+  """The curvature-vector product over a whole dataset, data parallel.
+
+  Same name and return values as the original `get_hvp_fn(loss, params,
+  batches)`; differences: `batch_size` (array datasets), `curvature`, and
+  batches are weighted by their number of examples.
+
+  Args:
+    loss: ``loss(params, batch) -> scalar`` mean loss (``'hessian'``), the
+      pair ``(model_fn, output_loss)`` (``'ggn'``), or per-example losses
+      ``loss(params, batch) -> [B]`` (``'fisher'``); see `hessian`.
+    params: pytree of arrays.
+    dataset: either a pytree of arrays with a common leading example axis
+      (kept on the devices), or a `list` of batches / a callable returning a
+      fresh iterable of batches (streamed from the host).
+    batch_size: examples per batch for an array dataset (required there).
+    curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
+    devices: devices to use; default all local devices.
+    dtype: cast floating params to this dtype first (e.g. float64 products).
+    accum_dtype: dtype of the sum over batches and of the result; default
+      float64 when x64 is enabled, else the params' dtype.
+
+  Returns:
+    ``(hvp_fn, unravel, num_params)``: `hvp_fn` maps ``[num_params]`` (or
+    ``[k, num_params]``) to the product; it also has `.gradient()`, `.loss()`,
+    `.with_params(p)`; `unravel` maps a flat vector back to a params pytree.
+  """
+  if curvature not in hessian.CURVATURES:
+    raise ValueError(
+        f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
+  params = _cast_params(params, dtype)
+  flat, unravel = ravel_pytree(params)
+  if flat.size == 0:
+    raise ValueError('params: has no entries.')
+  accum_dtype = accum_dtype or _default_accum_dtype(flat.dtype)
+  devices = tuple(devices or jax.local_devices())
+  if callable(dataset) or isinstance(dataset, list):
+    op = StreamingOperator(loss, params, dataset, curvature=curvature,
+                           devices=devices, accum_dtype=accum_dtype)
+    first = next(op._iterate(), None)
+    if first is None:
+      raise ValueError('dataset: the batch stream yielded no batches.')
+    hessian.check_loss_output(curvature, loss, params, first)
+  else:
+    n = _check_dataset_arrays(dataset)
+    hessian.check_loss_output(
+        curvature, loss, params,
+        jax.tree.map(lambda x: x[:min(n, batch_size or n)], dataset))
+    op = ResidentOperator(loss, params, dataset, batch_size=batch_size,
+                          curvature=curvature, devices=devices,
+                          accum_dtype=accum_dtype)
+  return op, unravel, op.num_params

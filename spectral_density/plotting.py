@@ -1,0 +1,116 @@
+"""Matplotlib figures of spectral densities, in the paper's style.
+
+Densities are drawn on a log scale with a floor (1e-7, as in the paper's
+figures) so that outliers many orders of magnitude below the bulk stay
+visible. Every function takes an optional `ax` and returns it, so figures
+compose in notebooks and scripts alike.
+"""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from spectral_density import density as density_lib
+
+LOG_FLOOR = 1e-7
+
+
+def _axes(ax):
+  if ax is None:
+    _, ax = plt.subplots(figsize=(6, 4))
+  return ax
+
+
+def plot_density(grid, density, *, ax=None, label=None, log=True,
+                 floor=LOG_FLOOR, **line_kwargs):
+  """One density curve.
+
+  Args:
+    grid: ``[grid_len]`` eigenvalue axis.
+    density: ``[grid_len]`` values.
+    ax: axes to draw on; a new figure when None.
+    label: legend label.
+    log: log-scale y axis, values floored at `floor`.
+    floor: smallest value shown on the log scale.
+    **line_kwargs: passed to `ax.plot`.
+
+  Returns:
+    The axes.
+  """
+  ax = _axes(ax)
+  density = np.asarray(density)
+  if log:
+    density = np.maximum(density, floor)
+    ax.set_yscale('log')
+    ax.set_ylim(bottom=floor)
+  ax.plot(grid, density, label=label, **line_kwargs)
+  ax.set_xlabel('eigenvalue')
+  ax.set_ylabel('density')
+  if label is not None:
+    ax.legend()
+  return ax
+
+
+def plot_densities(curves, *, ax=None, log=True, floor=LOG_FLOOR):
+  """Several densities overlaid.
+
+  Args:
+    curves: mapping ``label -> (grid, density)``.
+    ax, log, floor: as `plot_density`.
+
+  Returns:
+    The axes.
+  """
+  ax = _axes(ax)
+  for label, (grid, dens) in curves.items():
+    plot_density(grid, dens, ax=ax, label=label, log=log, floor=floor)
+  return ax
+
+
+def plot_exact_eigenvalues(eigenvalues, grid, sigma, *, ax=None, log=True,
+                           floor=LOG_FLOOR, label='exact', rug=True):
+  """The exact smoothed density (and a rug of the largest eigenvalues).
+
+  Args:
+    eigenvalues: ``[n]`` known eigenvalues.
+    grid: ``[grid_len]`` evaluation points.
+    sigma: kernel standard deviation (use the one of the estimate).
+    ax, log, floor, label: as `plot_density`.
+    rug: mark the eigenvalues outside the bulk (top 1%) on the x axis.
+
+  Returns:
+    The axes.
+  """
+  ax = _axes(ax)
+  dens = density_lib.exact_density(eigenvalues, grid, sigma)
+  plot_density(grid, dens, ax=ax, label=label, log=log, floor=floor,
+               color='black', linestyle='--', linewidth=1)
+  if rug:
+    ev = np.sort(np.asarray(eigenvalues))
+    outliers = ev[-max(1, ev.size // 100):]
+    ax.plot(outliers, np.full(outliers.shape, floor if log else 0), '|',
+            color='black', markersize=12)
+  return ax
+
+
+def plot_spectrum(result, *, grid=None, sigma=None, exact=None, ax=None,
+                  label='SLQ', log=True, floor=LOG_FLOOR):
+  """A `SpectrumResult`'s density, optionally against the exact eigenvalues.
+
+  Args:
+    result: `SpectrumResult`.
+    grid, sigma: passed to `result.density`.
+    exact: ``[n]`` exact eigenvalues to overlay, or None.
+    ax, label, log, floor: as `plot_density`.
+
+  Returns:
+    The axes.
+  """
+  ax = _axes(ax)
+  dens, grid = result.density(grid, sigma)
+  plot_density(grid, dens, ax=ax, label=label, log=log, floor=floor)
+  if exact is not None:
+    if sigma is None:
+      raise ValueError('sigma: give the kernel width to overlay the exact '
+                       'density with the same smoothing.')
+    plot_exact_eigenvalues(exact, grid, sigma, ax=ax, log=log, floor=floor)
+  return ax

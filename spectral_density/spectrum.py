@@ -1,0 +1,211 @@
+"""Stochastic Lanczos quadrature in one call, and the estimators of one run.
+
+`slq(matvec, dim, ...)` works on any symmetric operator; `hessian_spectrum`
+builds the dataset operator first. Both return a `SpectrumResult`, from which
+the density and every estimator below come without further products.
+
+Estimators and why they are computed as they are:
+
+* top-k / lambda_min: Ritz values interlace, the k-th largest Ritz value of any
+  draw is a lower bound of the k-th largest eigenvalue, so the best estimate is
+  the maximum over draws (the minimum for the smallest).
+* trace: ``n * E[v^T A v]`` for a unit Gaussian (or Rademacher) ``v``; ``v^T A
+  v`` is ``T[0, 0]``, the first alpha, so it comes free.
+* negative mass: the integral of the density below 0; unsmoothed it is the
+  quadrature weight on negative nodes.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+import jax
+import numpy as np
+from scipy import special
+
+from spectral_density import density as density_lib
+from spectral_density import lanczos
+from spectral_density import operators
+
+
+@dataclasses.dataclass
+class SpectrumResult:
+  """Quadrature of `num_draws` Lanczos runs of order `order` on a `dim` operator.
+
+  Attributes:
+    tridiag: ``[num_draws, order, order]``.
+    nodes: ``[num_draws, order]`` Gauss nodes (Ritz values), ascending.
+    weights: ``[num_draws, order]`` Gauss weights, summing to 1 per draw.
+    num_steps: ``[num_draws]`` valid Lanczos steps (``order`` unless breakdown).
+    dim: operator size ``n``.
+    vecs: ``[num_draws, order, dim]`` Lanczos bases, or None.
+  """
+  tridiag: np.ndarray
+  nodes: np.ndarray
+  weights: np.ndarray
+  num_steps: np.ndarray
+  dim: int
+  vecs: Optional[np.ndarray] = None
+
+  @classmethod
+  def from_lanczos(cls, result, dim):
+    """From a `lanczos.LanczosResult`."""
+    nodes, weights = density_lib.tridiag_to_eigv(result.tridiag)
+    return cls(np.asarray(result.tridiag), nodes, weights,
+               np.asarray(result.num_steps), int(dim), result.vecs)
+
+  @property
+  def num_draws(self):
+    return self.tridiag.shape[0]
+
+  @property
+  def order(self):
+    return self.tridiag.shape[1]
+
+  def _valid(self):
+    return np.arange(self.order)[None, :] < self.num_steps[:, None]
+
+  def density(self, grid=None, sigma=None, **kwargs):
+    """``(density [grid_len], grid [grid_len])``; see `eigv_to_density`."""
+    return density_lib.eigv_to_density(self.nodes, self.weights, grid,
+                                       sigma=sigma, **kwargs)
+
+  def top_eigenvalues(self, k):
+    """``[k]`` estimates of the k largest eigenvalues, descending."""
+    k = int(k)
+    if not 1 <= k <= int(self.num_steps.max()):
+      raise ValueError(f'k: must be in [1, {int(self.num_steps.max())}], '
+                       f'got {k}.')
+    ritz = np.where(self._valid(), self.nodes, -np.inf)
+    top = -np.sort(-ritz, axis=1)[:, :k]
+    return top.max(axis=0)
+
+  @property
+  def lambda_max(self):
+    return float(self.top_eigenvalues(1)[0])
+
+  @property
+  def lambda_min(self):
+    return float(np.where(self._valid(), self.nodes, np.inf).min())
+
+  def eigenvalue_ratio(self, k):
+    """``lambda_1 / lambda_k``, the paper's outlier measure (k = classes)."""
+    top = self.top_eigenvalues(k)
+    return float(top[0] / top[k - 1])
+
+  @property
+  def trace(self):
+    """``n * mean over draws of v^T A v`` (Hutchinson with unit vectors)."""
+    return float(self.dim * np.mean(self.tridiag[:, 0, 0]))
+
+  def negative_mass(self, sigma=None):
+    """Integral of the density below 0, averaged over draws.
+
+    Args:
+      sigma: kernel width; None gives the unsmoothed quadrature's mass.
+    """
+    if sigma is None:
+      mass = np.sum(self.weights * (self.nodes < 0), axis=1)
+    else:
+      mass = np.sum(self.weights * special.ndtr(-self.nodes / sigma), axis=1)
+    return float(np.mean(mass))
+
+  def ritz_vectors(self, k, draw=None):
+    """``[k, dim]`` unit Ritz vectors of the k largest Ritz values.
+
+    Args:
+      k: number of vectors.
+      draw: which draw's basis; default the draw whose top Ritz value is
+        largest.
+    """
+    if self.vecs is None:
+      raise ValueError('ritz_vectors needs the Lanczos basis: run with '
+                       'keep_vecs=True.')
+    if draw is None:
+      draw = int(np.argmax(np.where(self._valid(), self.nodes, -np.inf).max(1)))
+    steps = int(self.num_steps[draw])
+    if not 1 <= k <= steps:
+      raise ValueError(f'k: must be in [1, {steps}], got {k}.')
+    _, s = np.linalg.eigh(self.tridiag[draw, :steps, :steps])
+    top = s[:, ::-1][:, :k]
+    vectors = top.T @ np.asarray(self.vecs[draw, :steps], np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+  def subspace_fraction(self, vector, k):
+    """``||P_k g||^2 / ||g||^2`` for the span of the top-k Ritz vectors.
+
+    With `vector` the full-batch gradient this is the paper's gradient
+    concentration in the outlier eigenspace.
+    """
+    g = np.asarray(vector, np.float64)
+    q, _ = np.linalg.qr(self.ritz_vectors(k).T)
+    proj = q.T @ g
+    return float(proj @ proj / (g @ g))
+
+  def summary(self, k=10):
+    """A dict of the scalar estimators (JSON-ready)."""
+    k = min(k, int(self.num_steps.min()))
+    return {
+        'lambda_max': self.lambda_max, 'lambda_min': self.lambda_min,
+        f'lambda_1/lambda_{k}': self.eigenvalue_ratio(k),
+        'trace': self.trace, 'negative_mass': self.negative_mass(),
+        'order': self.order, 'num_draws': self.num_draws, 'dim': self.dim,
+    }
+
+  def save(self, path):
+    """Writes an `.npz` (arrays) readable by `SpectrumResult.load`."""
+    arrays = {f.name: getattr(self, f.name)
+              for f in dataclasses.fields(self)
+              if getattr(self, f.name) is not None}
+    np.savez(path, **arrays)
+
+  @classmethod
+  def load(cls, path):
+    with np.load(path) as f:
+      kw = {k: f[k] for k in f.files}
+    kw['dim'] = int(kw['dim'])
+    return cls(**kw)
+
+  def to_json(self, k=10):
+    return json.dumps(self.summary(k))
+
+
+def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
+  """Stochastic Lanczos quadrature of a symmetric operator.
+
+  Args:
+    matvec: ``[dim] -> [dim]`` (function or `get_hvp_fn` operator).
+    dim: operator size.
+    order: Lanczos steps per draw (the paper: 90).
+    num_draws: independent start vectors.
+    rng_key: PRNG key; default ``jax.random.key(0)``.
+    **kwargs: passed to `lanczos.lanczos_draws` (`draws_per_pass`,
+      `precision`, `start`, `keep_vecs`, `reorthogonalize`, `tol`).
+
+  Returns:
+    `SpectrumResult`.
+  """
+  rng_key = jax.random.key(0) if rng_key is None else rng_key
+  result = lanczos.lanczos_draws(matvec, dim, order, rng_key,
+                                 num_draws=num_draws, **kwargs)
+  return SpectrumResult.from_lanczos(result, dim)
+
+
+def hessian_spectrum(loss, params, dataset, *, batch_size=None, order=90,
+                     num_draws=1, rng_key=None, curvature='hessian',
+                     devices=None, **kwargs):
+  """The spectrum of the full-dataset curvature at `params`, in one call.
+
+  Args:
+    loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`.
+    order, num_draws, rng_key: as `slq`.
+    **kwargs: Lanczos options, as `slq`.
+
+  Returns:
+    `SpectrumResult`.
+  """
+  hvp_fn, _, num_params = operators.get_hvp_fn(
+      loss, params, dataset, batch_size=batch_size, curvature=curvature,
+      devices=devices)
+  return slq(hvp_fn, num_params, order=order, num_draws=num_draws,
+             rng_key=rng_key, **kwargs)
