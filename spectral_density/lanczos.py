@@ -21,7 +21,10 @@ block-diagonal and its trailing zero block carries zero quadrature weight.
 """
 
 import functools
-from typing import NamedTuple, Optional
+import logging
+import sys
+import time
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,7 @@ import numpy as np
 
 PRECISIONS = ('float32', 'float64', 'mixed')
 STARTS = ('gaussian', 'rademacher')
+BASES = ('device', 'host', 'none')
 
 
 class LanczosResult(NamedTuple):
@@ -113,7 +117,7 @@ def _update(state, step, w, tol, reorth_passes):
   w = w.astype(dtype)
   finite = jnp.all(jnp.isfinite(w))
   bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
-                       step, state.bad_step)
+                       jnp.asarray(step, jnp.int32), state.bad_step)
   w = jnp.where(finite, w, 0)
   alpha = jnp.vdot(w, state.v)
   w = w - alpha * state.v - state.beta_prev * state.v_prev
@@ -159,29 +163,46 @@ class _Config(NamedTuple):
   tol: float
 
 
-@functools.lru_cache(maxsize=None)
-def _program(config):
-  """``program(reduce, keys) -> (tridiag, vecs, num_steps, bad_step)``.
+class _Programs(NamedTuple):
+  """Each is ``program(reduce, *args)``; ``reduce`` maps ``[k, dim] -> [k,
+  dim]`` and ``keys`` is ``[num_draws, 2]``."""
+  full: Callable      # (keys) -> (tridiag, vecs, num_steps, bad_step)
+  init: Callable      # (keys) -> states
+  segment: Callable   # (states, start, stop) -> states
+  finish: Callable    # (states) -> as `full`
 
-  ``reduce`` maps ``[k, dim] -> [k, dim]``; ``keys`` is ``[num_draws, 2]``.
-  Cached on the config so that the same object, hence the same compiled
-  program, serves every call with the same settings.
+
+@functools.lru_cache(maxsize=None)
+def _programs(config):
+  """The Lanczos programs of a config.
+
+  Cached on the config so that the same function objects, hence the same
+  compiled programs, serve every call with the same settings.
   """
   dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
 
-  def program(reduce, keys):
-    states = jax.vmap(lambda k: _init(k, config.dim, config.order, dtype,
-                                      config.start, config.reorthogonalize))(
-                                          keys)
+  def init(reduce, keys):
+    del reduce
+    return jax.vmap(lambda k: _init(k, config.dim, config.order, dtype,
+                                    config.start, config.reorthogonalize))(keys)
+
+  def segment(reduce, states, start, stop):
     def step(i, states):
       states = jax.vmap(_record, in_axes=(0, None))(states, i)
       w = reduce(states.v.astype(mv_dtype))
       return jax.vmap(_update, in_axes=(0, None, 0, None, None))(
           states, i, w, config.tol, config.reorth_passes)
-    states = jax.lax.fori_loop(0, config.order, step, states)
+    return jax.lax.fori_loop(start, stop, step, states)
+
+  def finish(reduce, states):
+    del reduce
     return jax.vmap(_finish, in_axes=(0, None))(states, config.keep_vecs)
 
-  return program
+  def full(reduce, keys):
+    states = segment(reduce, init(reduce, keys), 0, config.order)
+    return finish(reduce, states)
+
+  return _Programs(full, init, segment, finish)
 
 
 def _batched(matvec):
@@ -190,35 +211,8 @@ def _batched(matvec):
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _run_jit(program, matvec, keys):
-  return program(_batched(matvec), keys)
-
-
-def _run_host_loop(config, matvec, keys):
-  """For operators that stream data from the host: the products run outside,
-  the (compiled) Lanczos update inside, one call per step."""
-  dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
-  init, record, update, finish = _host_step_fns(config)
-  states = init(keys)
-  for i in range(config.order):
-    states = record(states, i)
-    w = matvec(states.v.astype(mv_dtype))
-    states = update(states, i, jnp.asarray(w, dtype))
-  return finish(states)
-
-
-@functools.lru_cache(maxsize=None)
-def _host_step_fns(config):
-  dtype = jnp.dtype(config.dtype)
-  init = jax.jit(jax.vmap(lambda k: _init(
-      k, config.dim, config.order, dtype, config.start,
-      config.reorthogonalize)))
-  record = jax.jit(jax.vmap(_record, in_axes=(0, None)))
-  update = jax.jit(jax.vmap(
-      lambda s, i, w: _update(s, i, w, config.tol, config.reorth_passes),
-      in_axes=(0, None, 0)))
-  finish = jax.jit(jax.vmap(lambda s: _finish(s, config.keep_vecs)))
-  return init, record, update, finish
+def _run_jit(program, matvec, *args):
+  return program(_batched(matvec), *args)
 
 
 def _as_matvec_pytree(matvec):
@@ -229,10 +223,142 @@ def _as_matvec_pytree(matvec):
   return jax.tree_util.Partial(matvec)
 
 
+def _executor(matvec):
+  """``execute(program, *args)`` running a Lanczos program with the products
+  inside: in the operator's own pmapped program, or under `jit`."""
+  if hasattr(matvec, 'run'):
+    return matvec.run
+  tree = _as_matvec_pytree(matvec)
+  return lambda program, *args: _run_jit(program, tree, *args)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_step_fns(config):
+  """Compiled pieces of one step, for runs whose products happen outside."""
+  record = jax.jit(jax.vmap(_record, in_axes=(0, None)))
+  update = jax.jit(jax.vmap(
+      lambda s, i, w: _update(s, i, w, config.tol, config.reorth_passes),
+      in_axes=(0, None, 0)))
+  return record, update
+
+
+class _Segments:
+  """Runs the Lanczos steps in segments: the products either inside compiled
+  segments (`execute`) or from a host loop (`matvec` on host-placed states)."""
+
+  def __init__(self, config, matvec, host_loop, state_device):
+    self.config = config
+    self.programs = _programs(config)
+    # Dataset operators take [k, dim] themselves (sharing the forward pass).
+    self.matvec = (matvec if getattr(matvec, 'accepts_batches', False)
+                   else jax.jit(jax.vmap(matvec)))
+    self.host_loop = host_loop
+    self.state_device = state_device
+    self.execute = None if host_loop else _executor(matvec)
+
+  def _jit(self, program, *args):
+    return _run_jit(program, _as_matvec_pytree(_no_matvec), *args)
+
+  state_type = _State  # for restoring checkpoints
+
+  def place(self, states):
+    """States restored from host arrays, where this run keeps them."""
+    if self.host_loop:
+      return jax.device_put(states, self.state_device)
+    return jax.tree.map(jax.numpy.asarray, states)
+
+  def init(self, keys):
+    if self.host_loop:
+      return jax.device_put(self._jit(self.programs.init, keys),
+                            self.state_device)
+    return self.execute(self.programs.init, keys)
+
+  def run(self, states, start, stop):
+    if not self.host_loop:
+      return self.execute(self.programs.segment, states, start, stop)
+    record, update = _host_step_fns(self.config)
+    mv_dtype = jnp.dtype(self.config.matvec_dtype)
+    for i in range(start, stop):
+      states = record(states, i)
+      w = self.matvec(states.v.astype(mv_dtype))
+      states = update(states, i, jax.device_put(w, self.state_device))
+    return states
+
+  def finish(self, states):
+    if self.host_loop:
+      return self._jit(self.programs.finish, states)
+    return self.execute(self.programs.finish, states)
+
+
+def _no_matvec(v):
+  raise AssertionError('this program makes no products')
+
+
+def _ritz_extremes(states):
+  """(smallest, largest) Ritz value of draw 0 so far (host numpy)."""
+  steps = int(np.asarray(states.num_steps)[0])
+  if steps == 0:
+    return np.nan, np.nan
+  alphas = np.asarray(states.alphas[0, :steps], np.float64)
+  betas = np.asarray(states.betas[0, :steps - 1], np.float64)
+  ritz = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) +
+                            np.diag(betas, -1))
+  return float(ritz[0]), float(ritz[-1])
+
+
+def _report(progress, info):
+  """Prints one updating status line (and logs it), or calls `progress`."""
+  if callable(progress):
+    progress(info)
+    return
+  line = (f"Lanczos draws {info['draws']}: step {info['step']}/"
+          f"{info['order']}, {info['seconds_per_product']:.3g} s/Hv, "
+          f"ETA {info['eta_seconds']:.0f} s, Ritz "
+          f"[{info['ritz_min']:.6g}, {info['ritz_max']:.6g}]")
+  logging.info(line)
+  end = '\n' if info['step'] == info['order'] else ''
+  print('\r' + line, end=end, file=sys.stderr, flush=True)
+
+
+def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
+               checkpoint_every, progress):
+  """One batch of draws: init, segments (checkpointed), finish."""
+  config = segments.config
+  order = config.order
+  every = checkpoint_every or (max(1, order // 20) if progress else order)
+  draws = f'{first_draw}-{first_draw + keys.shape[0] - 1}'
+  manager = None
+  step, states = 0, None
+  if checkpoint_dir is not None:
+    from spectral_density import checkpoint  # pylint: disable=g-import-not-at-top
+    manager = checkpoint.LanczosCheckpoints(
+        checkpoint_dir, f'draws_{draws}', config._asdict(), keys)
+    step, states = manager.restore(segments)
+  if states is None:
+    states = segments.init(keys)
+  start_time = time.perf_counter()
+  start_step = step
+  while step < order:
+    stop = min(order, step + every)
+    states = segments.run(states, step, stop)
+    step = stop
+    if manager is not None:
+      manager.save(step, states)
+    if progress:
+      jax.block_until_ready(states)
+      per = (time.perf_counter() - start_time) / (step - start_step)
+      lo, hi = _ritz_extremes(states)
+      _report(progress, {'draws': draws, 'step': step, 'order': order,
+                         'seconds_per_product': per,
+                         'eta_seconds': per * (order - step),
+                         'ritz_min': lo, 'ritz_max': hi})
+  return segments.finish(states)
+
+
 def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
                   draws_per_pass=None, precision=None, start='gaussian',
-                  reorthogonalize=True, reorth_passes=2, keep_vecs=False,
-                  tol=None):
+                  basis='device', reorth_passes=2, keep_vecs=False, tol=None,
+                  checkpoint_dir=None, checkpoint_every=None, progress=False):
   """Independent Lanczos runs from `num_draws` random start vectors.
 
   Args:
@@ -247,17 +373,30 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
       is ``draws_per_pass x order x dim``); default all.
     precision: ``'float32'``, ``'float64'``, ``'mixed'`` or None (see module).
     start: ``'gaussian'`` (normalised, the paper's) or ``'rademacher'``.
-    reorthogonalize: full reorthogonalisation against the stored basis.
+    basis: where the Lanczos basis lives, for full reorthogonalisation:
+      ``'device'`` (with the products: one compiled program), ``'host'`` (host
+      memory; the device holds only the vectors of one product, the
+      recurrence runs on the host CPU), or ``'none'`` (no basis, no
+      reorthogonalisation: three vectors; loses orthogonality, so converged
+      Ritz values repeat and the bulk's weights drift; see README).
     reorth_passes: Gram-Schmidt passes per step (2: "twice is enough").
-    keep_vecs: return the basis.
+    keep_vecs: return the basis (not with ``basis='none'``).
     tol: relative breakdown tolerance; default ``10 x eps`` of the matvec
       dtype, since products are only accurate to that level.
+    checkpoint_dir: if set, the state (step, alphas, betas, basis, keys) is
+      saved there with orbax every `checkpoint_every` steps, and a rerun with
+      the same arguments resumes from the latest save.
+    checkpoint_every: steps between saves (and progress reports).
+    progress: True prints one updating line (step, seconds per product,
+      ETA, extreme Ritz values of draw 0) and logs it; a callable receives
+      the same as a dict.
 
   Returns:
     `LanczosResult` (numpy arrays).
 
   Raises:
-    ValueError: bad `order`, `dim`, `num_draws`, `precision` or `start`.
+    ValueError: bad `order`, `dim`, `num_draws`, `precision`, `start` or
+      `basis`.
     FloatingPointError: a product returned a non-finite value (names the step).
   """
   dim, order, num_draws = int(dim), int(order), int(num_draws)
@@ -270,27 +409,36 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     raise ValueError(f'num_draws: must be >= 1, got {num_draws}.')
   if start not in STARTS:
     raise ValueError(f'start must be one of {STARTS}, got {start!r}.')
-  if keep_vecs and not reorthogonalize:
-    raise ValueError('keep_vecs=True needs reorthogonalize=True (the basis '
-                     'is only stored for reorthogonalisation).')
+  if basis not in BASES:
+    raise ValueError(f'basis must be one of {BASES}, got {basis!r}.')
+  if keep_vecs and basis == 'none':
+    raise ValueError("keep_vecs=True needs a basis: basis='device' or "
+                     "'host', not 'none'.")
+  if checkpoint_every is not None and int(checkpoint_every) < 1:
+    raise ValueError(f'checkpoint_every: must be >= 1, got {checkpoint_every}.')
   op_dtype = getattr(matvec, 'dtype', None) or jnp.result_type(float)
   dtype, mv_dtype = _dtypes(precision, jnp.dtype(op_dtype))
   if tol is None:
     tol = 10 * float(jnp.finfo(mv_dtype).eps)
   config = _Config(dim, order, jnp.dtype(dtype).name, jnp.dtype(mv_dtype).name,
-                   start, bool(reorthogonalize), int(reorth_passes),
+                   start, basis != 'none', int(reorth_passes),
                    bool(keep_vecs), float(tol))
+  host_loop = basis == 'host' or not getattr(matvec, 'traceable', True)
+  state_device = (jax.local_devices(backend='cpu')[0] if basis == 'host'
+                  else jax.local_devices()[0])
+  segments = _Segments(config, matvec, host_loop, state_device)
+  one_program = not (host_loop or checkpoint_dir or checkpoint_every or
+                     progress)
   keys = jax.random.split(rng_key, num_draws)
   per_pass = int(draws_per_pass or num_draws)
   outs = []
   for first in range(0, num_draws, per_pass):
     chunk = keys[first:first + per_pass]
-    if not getattr(matvec, 'traceable', True):
-      out = _run_host_loop(config, matvec, chunk)
-    elif hasattr(matvec, 'run'):
-      out = matvec.run(_program(config), chunk)
+    if one_program:
+      out = _executor(matvec)(_programs(config).full, chunk)
     else:
-      out = _run_jit(_program(config), _as_matvec_pytree(matvec), chunk)
+      out = _run_chunk(segments, chunk, first, checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=checkpoint_every, progress=progress)
     outs.append(jax.tree.map(np.asarray, out))
   tridiag = np.concatenate([o[0] for o in outs])
   vecs = np.concatenate([o[1] for o in outs]) if keep_vecs else None
@@ -313,14 +461,14 @@ def lanczos_alg(matvec, dim, order, rng_key, **kwargs):
     dim: operator size.
     order: number of steps.
     rng_key: PRNG key for the start vector.
-    **kwargs: `precision`, `start`, `reorthogonalize`, `keep_vecs` (default
-      True here, as the original returned the basis), `tol`; see
-      `lanczos_draws`.
+    **kwargs: `precision`, `start`, `basis`, `keep_vecs` (default True here,
+      as the original returned the basis, unless ``basis='none'``), `tol`,
+      checkpointing and progress; see `lanczos_draws`.
 
   Returns:
     ``(tridiag [order, order], vecs [order, dim] or None)``.
   """
-  kwargs.setdefault('keep_vecs', kwargs.get('reorthogonalize', True))
+  kwargs.setdefault('keep_vecs', kwargs.get('basis', 'device') != 'none')
   result = lanczos_draws(matvec, dim, order, rng_key, **kwargs)
   vecs = None if result.vecs is None else result.vecs[0]
   return result.tridiag[0], vecs

@@ -39,6 +39,13 @@ from spectral_density import hessian
 AXIS = 'devices'
 
 
+def _sharding(devices):
+  """Leading axis split over `devices`, as `pmap` lays out its inputs."""
+  return jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(devices), (AXIS,)),
+      jax.sharding.PartitionSpec(AXIS))
+
+
 def _default_accum_dtype(param_dtype):
   return jnp.float64 if jax.config.jax_enable_x64 else param_dtype
 
@@ -116,21 +123,29 @@ def _check_dataset_arrays(dataset):
   return num_examples
 
 
-def shard_dataset(dataset, batch_size, num_devices, weight_dtype=np.float32):
+def shard_dataset(dataset, batch_size, num_devices, weight_dtype=np.float32,
+                  positions=None):
   """Lays a dataset out in batches over devices (host side, numpy).
 
+  Batch ``j`` is examples ``[j B, (j + 1) B)``; device ``g`` (its position in
+  the device list) gets batches ``[g P, (g + 1) P)`` with ``P = ceil(N_full /
+  D)``. Only the rows of the requested devices are read, so on a pod each host
+  reads just its own shard (from a memory map, say).
+
   Args:
-    dataset: pytree of arrays ``[N, ...]``.
+    dataset: pytree of arrays ``[N, ...]`` (anything numpy can slice).
     batch_size: examples per batch (clipped to N).
-    num_devices: D.
+    num_devices: D, all devices of all hosts.
     weight_dtype: dtype of the returned weights.
+    positions: device positions to lay out (default all): this host's.
 
   Returns:
     ``(data, weights, rem_batch, rem_weight)``: `data` leaves
-    ``[D, batches_per_device, batch_size, ...]``, `weights`
-    ``[D, batches_per_device]`` (``batch_size / N`` or 0 for padding),
-    `rem_batch` the last ``N mod batch_size`` examples (None if none) and
-    `rem_weight` = ``(N mod batch_size) / N``.
+    ``[len(positions), batches_per_device, batch_size, ...]``, `weights`
+    ``[len(positions), batches_per_device]`` (``batch_size / N``, or 0 for
+    padding slots, which hold copies of batch 0), `rem_batch` the last ``N mod
+    batch_size`` examples (None if none) and `rem_weight` = ``(N mod
+    batch_size) / N``.
   """
   n = _check_dataset_arrays(dataset)
   if batch_size is None or int(batch_size) < 1:
@@ -140,20 +155,20 @@ def shard_dataset(dataset, batch_size, num_devices, weight_dtype=np.float32):
   b = min(int(batch_size), n)
   num_full = n // b
   per_device = math.ceil(num_full / num_devices)
-  pad = per_device * num_devices - num_full
+  positions = range(num_devices) if positions is None else positions
+  batch_ids = np.array([[g * per_device + i for i in range(per_device)]
+                        for g in positions]).reshape(len(positions), per_device)
+  real = batch_ids < num_full
+  batch_ids = np.where(real, batch_ids, 0)
 
   def arrange(x):
-    x = np.asarray(x)
-    full = x[:num_full * b].reshape((num_full, b) + x.shape[1:])
-    if pad:
-      full = np.concatenate([full, np.repeat(full[:1], pad, axis=0)])
-    return full.reshape((num_devices, per_device, b) + x.shape[1:])
+    rows = [np.asarray(x[j * b:(j + 1) * b]) for j in batch_ids.ravel()]
+    return np.stack(rows).reshape(batch_ids.shape + (b,) + rows[0].shape[1:])
 
   data = jax.tree.map(arrange, dataset)
-  weights = np.array([b / n] * num_full + [0.0] * pad, weight_dtype)
-  weights = weights.reshape(num_devices, per_device)
+  weights = np.where(real, b / n, 0.0).astype(weight_dtype)
   rem = n - num_full * b
-  rem_batch = (jax.tree.map(lambda x: np.asarray(x)[num_full * b:], dataset)
+  rem_batch = (jax.tree.map(lambda x: np.asarray(x[num_full * b:]), dataset)
                if rem else None)
   return data, weights, rem_batch, np.asarray(rem / n, weight_dtype)
 
@@ -176,6 +191,8 @@ def _value_program(reduce):
 
 class _Operator:
   """Shared surface of the two dataset operators (see `get_hvp_fn`)."""
+
+  accepts_batches = True  # __call__ takes [k, num_params] too
 
   def __init__(self, params, curvature, loss, accum_dtype):
     flat, self.unravel = ravel_pytree(params)
@@ -229,12 +246,14 @@ class ResidentOperator(_Operator):
     super().__init__(params, curvature, loss, accum_dtype)
     self.devices = tuple(devices)
     if _placed is None:
+      local = [d for d in self.devices if d.process_index == jax.process_index()]
       data, weights, rem_batch, rem_weight = shard_dataset(
-          dataset, batch_size, len(self.devices), np.dtype(accum_dtype))
-      put = jax.pmap(lambda x: x, devices=list(self.devices))
+          dataset, batch_size, len(self.devices), np.dtype(accum_dtype),
+          positions=[self.devices.index(d) for d in local])
+      sharding = _sharding(self.devices)
+      put = lambda x: jax.make_array_from_process_local_data(sharding, x)
       _placed = (jax.tree.map(put, data), put(weights),
-                 jax.device_put(rem_batch, self.devices[0]),
-                 jnp.asarray(rem_weight))
+                 jax.device_put(rem_batch, local[0]), jnp.asarray(rem_weight))
       self.num_examples = _check_dataset_arrays(dataset)
     self._placed = _placed
 
@@ -299,46 +318,68 @@ class StreamingOperator(_Operator):
   def _iterate(self):
     return iter(self.batches() if callable(self.batches) else self.batches)
 
-  def _reduce(self, kind, v):
-    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
-    group_fn = _stream_group_fn(self.devices, batch_fn, self.accum_dtype)
-    single_fn = _stream_single_fn(batch_fn, self.accum_dtype)
+  def _work_items(self):
+    """Host-side work: ``('group', [D, ...] batches, [D] weights)`` for runs of
+    D batches of the common size, ``('single', batch, weight)`` otherwise."""
     num_dev = len(self.devices)
-    total, count, group, size = None, 0, [], None
-
-    def add(total, out):
-      return out if total is None else total + out
-
-    def flush(total, group):
-      weights = [float(s) for s in group[1]]
-      pad = num_dev - len(group[0])
-      stacked = jax.tree.map(lambda *xs: np.stack(xs + xs[:1] * pad),
-                             *group[0])
-      weights = np.asarray(weights + [0.0] * pad, np.dtype(self.accum_dtype))
-      return add(total, group_fn(self.params, stacked, weights, v))
-
-    pending = ([], [])
+    pending, size = [], None
     for batch in self._iterate():
       leaves = jax.tree.leaves(batch)
       n = int(np.shape(leaves[0])[0]) if leaves else 0
       if n == 0:
         continue
-      count += n
       size = n if size is None else size
-      if n == size and num_dev > 1:
-        pending[0].append(batch)
-        pending[1].append(n)
-        if len(pending[0]) == num_dev:
-          total = flush(total, pending)
-          pending = ([], [])
+      if n != size or num_dev == 1:
+        yield 'single', batch, float(n)
+        continue
+      pending.append(batch)
+      if len(pending) == num_dev:
+        yield 'group', _stack(pending, 0), [float(size)] * num_dev
+        pending = []
+    if pending:
+      pad = num_dev - len(pending)
+      yield ('group', _stack(pending, pad),
+             [float(size)] * len(pending) + [0.0] * pad)
+
+  def _staged(self, items):
+    """Starts each item's transfer to its devices one item before it is
+    computed, so that transfers overlap the (asynchronous) computation."""
+    sharded = _sharding(self.devices)
+    ahead = None
+    for kind, batch, weight in items:
+      target = sharded if kind == 'group' else self.devices[0]
+      placed = (kind, jax.device_put(batch, target), weight)
+      if ahead is not None:
+        yield ahead
+      ahead = placed
+    if ahead is not None:
+      yield ahead
+
+  def _reduce(self, kind, v):
+    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
+    group_fn = _stream_group_fn(self.devices, batch_fn, self.accum_dtype)
+    single_fn = _stream_single_fn(batch_fn, self.accum_dtype)
+    weight_dtype = np.dtype(self.accum_dtype)
+    total, count = None, 0.0
+    for item, batch, weight in self._staged(self._work_items()):
+      if item == 'group':
+        out = jax.device_put(
+            group_fn(self.params, batch, np.asarray(weight, weight_dtype), v),
+            self.devices[0])
+        count += sum(weight)
       else:
-        total = add(total, single_fn(self.params, batch, float(n), v))
-    if pending[0]:
-      total = flush(total, pending)
-    if count == 0:
+        out = single_fn(self.params, batch, weight, v)
+        count += weight
+      total = out if total is None else total + out
+    if total is None:
       raise ValueError('dataset: the batch stream yielded no examples.')
-    self.num_examples = count
+    self.num_examples = int(count)
     return total / count
+
+
+def _stack(batches, pad):
+  """``[len(batches) + pad, ...]`` leaves; padding repeats the first batch."""
+  return jax.tree.map(lambda *xs: np.stack(xs + xs[:1] * pad), *batches)
 
 
 def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
@@ -359,7 +400,9 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
       fresh iterable of batches (streamed from the host).
     batch_size: examples per batch for an array dataset (required there).
     curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
-    devices: devices to use; default all local devices.
+    devices: devices to use; default all devices (of every process, for an
+      array dataset: on a pod each process passes the same arrays, or memory
+      maps of them, and reads only its devices' batches).
     dtype: cast floating params to this dtype first (e.g. float64 products).
     accum_dtype: dtype of the sum over batches and of the result; default
       float64 when x64 is enabled, else the params' dtype.
@@ -377,8 +420,12 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
   if flat.size == 0:
     raise ValueError('params: has no entries.')
   accum_dtype = accum_dtype or _default_accum_dtype(flat.dtype)
-  devices = tuple(devices or jax.local_devices())
   if callable(dataset) or isinstance(dataset, list):
+    if jax.process_count() > 1:
+      raise NotImplementedError(
+          'dataset: streamed batches work within one process; on several '
+          'hosts pass the arrays (each host reads only its own shard).')
+    devices = tuple(devices or jax.local_devices())
     op = StreamingOperator(loss, params, dataset, curvature=curvature,
                            devices=devices, accum_dtype=accum_dtype)
     first = next(op._iterate(), None)
@@ -386,6 +433,7 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
       raise ValueError('dataset: the batch stream yielded no batches.')
     hessian.check_loss_output(curvature, loss, params, first)
   else:
+    devices = tuple(devices or jax.devices())
     n = _check_dataset_arrays(dataset)
     hessian.check_loss_output(
         curvature, loss, params,

@@ -180,7 +180,8 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
     num_draws: independent start vectors.
     rng_key: PRNG key; default ``jax.random.key(0)``.
     **kwargs: passed to `lanczos.lanczos_draws` (`draws_per_pass`,
-      `precision`, `start`, `keep_vecs`, `reorthogonalize`, `tol`).
+      `precision`, `start`, `basis`, `keep_vecs`, `tol`, `checkpoint_dir`,
+      `checkpoint_every`, `progress`).
 
   Returns:
     `SpectrumResult`.

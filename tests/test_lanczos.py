@@ -120,7 +120,7 @@ def test_without_reorthogonalization_loses_orthogonality_but_runs():
     mat = jnp.asarray(a)
     tridiag, vecs = sd.lanczos_alg(lambda v: mat @ v, 401, 60,
                                    jax.random.key(0), precision='float64',
-                                   reorthogonalize=False)
+                                   basis="none")
   assert vecs is None
   nodes, _ = sd.tridiag_to_eigv(tridiag)
   # Plain Lanczos duplicates converged outliers ("ghosts") but finds them.

@@ -1,0 +1,44 @@
+"""One process of a multi-process run (started by test_multihost.py).
+
+  python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR DEVICES
+
+Each process has DEVICES CPU devices; together they run the same Lanczos run as one
+process would, on the batch-norm conv net of toy_problems, with checkpoints.
+Process 0 writes the tridiagonal to OUT_DIR/tridiag.npy.
+"""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (
+    f'--xla_force_host_platform_device_count={sys.argv[5]}')
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.config.update('jax_enable_x64', True)
+
+
+def main(port, num_processes, process_id, out_dir):
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
+                             num_processes=num_processes,
+                             process_id=process_id)
+  import spectral_density as sd  # pylint: disable=g-import-not-at-top
+  import toy_problems as tp  # pylint: disable=g-import-not-at-top
+  loss, params, data = tp.conv_bn_problem(53)
+  hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10)
+  result = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0), num_draws=2,
+                            precision='float64',
+                            checkpoint_dir=os.path.join(out_dir, 'ckpt'),
+                            checkpoint_every=5)
+  grad = np.asarray(hvp_fn.gradient())
+  if jax.process_index() == 0:
+    np.save(os.path.join(out_dir, 'tridiag.npy'), result.tridiag)
+    np.save(os.path.join(out_dir, 'grad.npy'), grad)
+  jax.distributed.shutdown()
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

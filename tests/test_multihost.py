@@ -1,0 +1,71 @@
+"""Several processes (jax.distributed on 127.0.0.1) give one process's result.
+
+Each case starts local processes running `multihost_worker.py`; their pmapped
+products `psum` over the devices of all processes (gloo collectives on CPU).
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import spectral_density as sd
+import toy_problems as tp
+
+WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(num_processes, devices_each, out_dir):
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  procs = [subprocess.Popen(
+      [sys.executable, str(WORKER), str(port), str(num_processes), str(i),
+       str(out_dir), str(devices_each)],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(num_processes)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+
+
+@pytest.fixture(scope='module')
+def one_process():
+  with jax.enable_x64(True):
+    loss, params, data = tp.conv_bn_problem(53)
+    hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10)
+    result = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0), num_draws=2,
+                              precision='float64')
+    return result.tridiag, np.asarray(hvp_fn.gradient())
+
+
+@pytest.mark.parametrize('num_processes,devices_each', [(2, 2), (4, 1)])
+def test_processes_give_the_one_process_tridiagonal(
+    one_process, tmp_path, num_processes, devices_each):
+  _run_processes(num_processes, devices_each, tmp_path)
+  tridiag, grad = one_process
+  np.testing.assert_allclose(np.load(tmp_path / 'tridiag.npy'), tridiag,
+                             rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(np.load(tmp_path / 'grad.npy'), grad, rtol=1e-9,
+                             atol=1e-13)
+  # The checkpoint the processes wrote is the one a single process resumes
+  # from: it holds the finished run, so no product is computed again (a NaN
+  # loss would raise FloatingPointError if one were).
+  with jax.enable_x64(True):
+    loss, params, data = tp.conv_bn_problem(53)
+    nan_loss = lambda p, b: loss(p, b) * np.nan
+    hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params, data, batch_size=10)
+    resumed = sd.lanczos_draws(
+        hvp_fn, n, 12, jax.random.key(0), num_draws=2, precision='float64',
+        checkpoint_dir=tmp_path / 'ckpt', checkpoint_every=5)
+  np.testing.assert_allclose(resumed.tridiag, tridiag, rtol=1e-5, atol=1e-9)
