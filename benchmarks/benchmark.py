@@ -9,6 +9,7 @@ Rows (targets from the issue in brackets):
   * SLQ order 90 on the MLP, seconds                [<= 2.0]
   * 10 draws / 1 draw of SLQ order 90               [<= 4]
   * peak memory of H v / of the gradient (XLA)      [<= 3]
+  * streamed H v (batches from host memory) / resident H v  [<= 1.2]
 The MLP is the paper's 784-20-10 on the first 10,000 Fashion-MNIST images,
 batch 1,000, float32, one device.
 """
@@ -69,6 +70,13 @@ def measure(name, loss, params, data, batch_size, targets):
   rows.append((name, 'full-data H v (s)', t_hv, None))
   rows.append((name, 'full-data gradient (s)', t_grad, None))
   rows.append((name, 'H v / gradient', t_hv / t_grad, targets['hv_grad']))
+  num = len(jax.tree.leaves(data)[0])
+  batches = [jax.tree.map(lambda x, s=s: np.asarray(x[s:s + batch_size]), data)
+             for s in range(0, num, batch_size)]
+  streamed, _, _ = sd.get_hvp_fn(loss, params, batches, devices=device)
+  t_stream = _seconds(lambda: streamed(v))
+  rows.append((name, 'streamed H v (s)', t_stream, None))
+  rows.append((name, 'streamed / resident H v', t_stream / t_hv, 1.2))
   mem_hv, mem_grad = _peak_bytes(op, 'product', v), _peak_bytes(
       op, 'gradient', None)
   rows.append((name, 'peak memory H v (MB)', mem_hv / 2**20, None))

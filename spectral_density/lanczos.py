@@ -187,6 +187,16 @@ def _programs(config):
                                     config.start, config.reorthogonalize))(keys)
 
   def segment(reduce, states, start, stop):
+    if states.v.shape[0] == 1:
+      # One draw: unbatched code. XLA keeps two extra copies of a [1, order,
+      # dim] basis in the loop (measured), but updates [order, dim] in place.
+      def step_one(i, state):
+        state = _record(state, i)
+        w = reduce(state.v.astype(mv_dtype)[None])[0]
+        return _update(state, i, w, config.tol, config.reorth_passes)
+      state = jax.tree.map(lambda x: x[0], states)
+      state = jax.lax.fori_loop(start, stop, step_one, state)
+      return jax.tree.map(lambda x: x[None], state)
     def step(i, states):
       states = jax.vmap(_record, in_axes=(0, None))(states, i)
       w = reduce(states.v.astype(mv_dtype))

@@ -75,8 +75,9 @@ def batch_function(curvature, loss, kind):
 
 
 def _sharded_reduce(batch_fn, params, data, weights, rem_batch, rem_weight,
-                    accum_dtype):
-  """``reduce(v)``: the example-weighted sum of `batch_fn` over all batches."""
+                    accum_dtype, data_parallel=True):
+  """``reduce(v)``: the example-weighted sum of `batch_fn` over all batches
+  (this device's, then `psum` over devices when `data_parallel`)."""
   def reduce(v):
     def body(acc, batch_and_weight):
       batch, weight = batch_and_weight
@@ -85,7 +86,7 @@ def _sharded_reduce(batch_fn, params, data, weights, rem_batch, rem_weight,
         batch_fn, params, jax.tree.map(lambda x: x[0], data), v).shape
     local, _ = jax.lax.scan(body, jnp.zeros(shape, accum_dtype),
                             (data, weights))
-    total = jax.lax.psum(local, AXIS)
+    total = jax.lax.psum(local, AXIS) if data_parallel else local
     if rem_batch is not None:
       total = total + rem_weight * batch_fn(params, rem_batch, v).astype(
           accum_dtype)
@@ -96,12 +97,27 @@ def _sharded_reduce(batch_fn, params, data, weights, rem_batch, rem_weight,
 @functools.lru_cache(maxsize=None)
 def _sharded_runner(devices):
   """One pmapped entry point per device set; programs and batch functions are
-  static arguments, so each (program, loss, shapes) compiles once."""
+  static arguments, so each (program, loss, shapes) compiles once.
+
+  A single device gets plain `jit` of the same code instead: on CPU the
+  pmapped program ran 2x slower there (measured: 71 ms vs 34 ms per H v of
+  the benchmark MLP), and with one device there is nothing to `psum`.
+  """
   def run(program, batch_fn, accum_dtype, params, data, weights, rem_batch,
           rem_weight, args):
     reduce = _sharded_reduce(batch_fn, params, data, weights, rem_batch,
                              rem_weight, accum_dtype)
     return program(reduce, *args)
+
+  def run_one(program, batch_fn, accum_dtype, params, data, weights,
+              rem_batch, rem_weight, args):
+    data, weights = jax.tree.map(lambda x: x[0], (data, weights))
+    reduce = _sharded_reduce(batch_fn, params, data, weights, rem_batch,
+                             rem_weight, accum_dtype, data_parallel=False)
+    return program(reduce, *args)
+
+  if len(devices) == 1:
+    return jax.jit(run_one, static_argnums=(0, 1, 2))
   return jax.pmap(
       run, axis_name=AXIS, devices=list(devices),
       in_axes=(None, None, None, None, 0, 0, None, None, None),

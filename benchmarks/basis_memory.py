@@ -1,0 +1,94 @@
+"""Lanczos basis placement: device memory at scale, and accuracy; a table.
+
+  python -m benchmarks.basis_memory
+
+Memory rows: order 90, one draw, float64 Lanczos vectors, for 1M, 10M and 25M
+parameters. 'measured' is XLA's memory analysis of the compiled Lanczos
+program (arguments + outputs + temporaries) with a diagonal operator standing
+in for H v (whose own memory comes on top in every mode); 'computed' scales
+the 1M measurement linearly in the dimension (every buffer is [dim] or
+[order, dim]), used where a size does not fit this machine; 'formula' is the
+minimum: the basis plus a few vectors.
+Accuracy rows: the n = 2000 Marchenko-Pastur + outliers matrix of the tests.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import spectral_density as sd
+from spectral_density import lanczos
+
+ORDER = 90
+BYTES = 8  # float64
+
+
+def formula_bytes(mode, dim, order=ORDER):
+  vectors = 6 * dim * BYTES  # v, v_prev, w, the product's input/output, slack
+  if mode == 'device':
+    return order * dim * BYTES + vectors
+  return vectors  # 'host' keeps the basis in host memory; 'none' has none
+
+
+def measured_bytes(mode, dim):
+  """Peak of the compiled programs that live on the device in this mode."""
+  diag = jnp.linspace(0.0, 1.0, dim)
+  matvec = jax.tree_util.Partial(lambda d, v: d * v, diag)
+  config = lanczos._Config(dim, ORDER, 'float64', 'float64', 'gaussian',  # pylint: disable=protected-access
+                           mode != 'none', 2, False, 1e-15)
+  programs = lanczos._programs(config)  # pylint: disable=protected-access
+  keys = jax.random.split(jax.random.key(0), 1)
+  if mode == 'host':
+    # On the device: only the products; the recurrence runs on the host.
+    lowered = jax.jit(jax.vmap(matvec)).lower(jnp.zeros((1, dim)))
+  else:
+    lowered = lanczos._run_jit.lower(programs.full, matvec, keys)  # pylint: disable=protected-access
+  mem = lowered.compile().memory_analysis()
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes +
+          mem.temp_size_in_bytes)
+
+
+def accuracy_rows():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2000, 4000)) / np.sqrt(4000)
+  ev, q = np.linalg.eigh(x @ x.T)
+  ev[-3:] = [5.0, 10.0, 20.0]
+  ev[:2] = [-3.0, -1.5]
+  ev = np.sort(ev)
+  a = jnp.asarray((q * np.sort(ev)) @ q.T)
+  sigma = 1e-3 * (ev[-1] - ev[0])
+  grid = np.linspace(ev[0] - 6 * sigma, ev[-1] + 6 * sigma, 40001)
+  exact = sd.exact_density(ev, grid, sigma)
+  rows = []
+  for mode in ('device', 'host', 'none'):
+    res = sd.slq(lambda v: a @ v, 2000, order=ORDER, num_draws=10,
+                 rng_key=jax.random.key(2), precision='float64', basis=mode)
+    top = res.top_eigenvalues(3)
+    rel = np.max(np.abs(top - ev[::-1][:3]) / ev[::-1][:3])
+    dens, _ = res.density(grid, sigma, normalize=False)
+    l1 = np.trapezoid(np.abs(dens - exact), grid)
+    ghosts = int(np.sum(np.abs(res.nodes[0] - 20.0) < 1e-6 * 20))
+    rows.append((mode, rel, l1, ghosts))
+  return rows
+
+
+def main():
+  print('| basis | parameters | device memory (MB) | how | formula (MB) |')
+  print('|---|---|---|---|---|')
+  for mode in ('device', 'host', 'none'):
+    base = measured_bytes(mode, 1_000_000)
+    for dim in (1_000_000, 10_000_000, 25_000_000):
+      how = 'measured (XLA)' if dim == 1_000_000 else 'computed'
+      print(f'| {mode} | {dim / 1e6:g}M | {base * dim / 1e6 / 2**20:,.0f} | '
+            f'{how} | {formula_bytes(mode, dim) / 2**20:,.0f} |')
+  print()
+  print('| basis | top-3 max rel. error | density L1 (sigma = 1e-3 width) '
+        '| copies of lambda_max=20 among draw 0 nodes |')
+  print('|---|---|---|---|')
+  for mode, rel, l1, ghosts in accuracy_rows():
+    print(f'| {mode} | {rel:.1e} | {l1:.3f} | {ghosts} |')
+
+
+if __name__ == '__main__':
+  with jax.enable_x64(True):
+    main()
