@@ -1,0 +1,6 @@
+"""Experiment configs: one `ml_collections` file per experiment of the paper.
+
+Each file defines `get_config(arg=None)`; `arg='smoke'` (the command line's
+`--config=configs/FILE.py:smoke`) shrinks the experiment to a CPU run of
+seconds. `configs.default.validate` checks a config before training.
+"""
