@@ -1,0 +1,131 @@
+"""The notebooks of colab/ run top to bottom, in their reduced (smoke) mode.
+
+Each notebook is executed by a Jupyter kernel with
+SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1 (the same cells, small sizes), from the
+repository root, and fails the test on any error. Each notebook ends with a
+`summary` dict of its numbers; a cell appended here prints it as JSON, and the
+tests check those numbers against what the notebook claims.
+
+The kernel inherits this process's environment, so under tests/conftest.py it
+sees 8 host CPU devices and the multi-device cells really use them.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
+CELL_TIMEOUT_S = 240
+FIGURE_TAG = 'readme-figure'
+SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
+NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model')
+
+
+def run_notebook(name, monkeypatch):
+  """Executes colab/NAME.ipynb in smoke mode; returns (notebook, summary)."""
+  notebook = nbformat.read(REPO / 'colab' / f'{name}.ipynb', as_version=4)
+  notebook.cells.append(nbformat.v4.new_code_cell(
+      f'import json\nprint({SUMMARY_MARKER!r} + json.dumps(summary))'))
+  monkeypatch.setenv(SMOKE_ENV, '1')
+  # The checkout's packages (configs/, experiments/) import even where the
+  # installed copy predates them.
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
+      [str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
+  # The 8 host devices share 2 cores: on a loaded machine one of them can
+  # reach a collective long after the others, past XLA's default 40 s.
+  monkeypatch.setenv('XLA_FLAGS', (
+      os.environ.get('XLA_FLAGS', '') +
+      ' --xla_cpu_collective_call_terminate_timeout_seconds=600').strip())
+  client = nbclient.NotebookClient(
+      notebook, timeout=CELL_TIMEOUT_S, kernel_name='python3',
+      resources={'metadata': {'path': str(REPO)}})
+  client.execute()
+  text = ''.join(out.get('text', '') for out in notebook.cells[-1].outputs
+                 if out.get('output_type') == 'stream')
+  line = next(l for l in text.splitlines() if l.startswith(SUMMARY_MARKER))
+  return notebook, json.loads(line[len(SUMMARY_MARKER):])
+
+
+def figure_pngs(notebook):
+  """The PNG outputs of the cell tagged as the README figure."""
+  cells = [c for c in notebook.cells
+           if FIGURE_TAG in c.metadata.get('tags', ())]
+  assert len(cells) == 1, f'expected one cell tagged {FIGURE_TAG}'
+  return [o['data']['image/png'] for o in cells[0].outputs
+          if 'image/png' in o.get('data', {})]
+
+
+def load_generator():
+  """colab/build_notebooks.py as a module (colab/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      'build_notebooks', REPO / 'colab' / 'build_notebooks.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_committed_notebook_is_its_generator_output_without_outputs(name):
+  committed = nbformat.read(REPO / 'colab' / f'{name}.ipynb', as_version=4)
+  nbformat.validate(committed)
+  generator = load_generator()
+  assert committed == generator.build(name, generator.NOTEBOOKS[name]), (
+      f'colab/{name}.ipynb is stale: run python colab/build_notebooks.py')
+  code_cells = [c for c in committed.cells if c.cell_type == 'code']
+  assert all(not c.outputs and c.execution_count is None for c in code_cells)
+  assert 'REPO_URL' in code_cells[0].source
+
+
+def test_quickstart_slq_matches_the_exact_spectrum(monkeypatch):
+  notebook, summary = run_notebook('quickstart', monkeypatch)
+  assert figure_pngs(notebook)
+  exact, slq = summary['exact_top5'], summary['slq_top5']
+  assert summary['slq_lambda_max'] == pytest.approx(
+      summary['exact_lambda_max'], rel=1e-4)
+  assert slq == pytest.approx(exact, rel=1e-4)
+  assert summary['slq_lambda_min'] == pytest.approx(
+      summary['exact_lambda_min'], rel=1e-3)
+  l1 = summary['l1']
+  # A higher order and a wider kernel bring the estimate closer to the truth.
+  assert l1['order 90'] < l1['order 10']
+  assert l1['sigma 0.01'] < l1['sigma 0.0001']
+
+
+def test_batchnorm_outliers_tracks_the_three_networks(monkeypatch):
+  notebook, summary = run_notebook('batchnorm_outliers', monkeypatch)
+  assert figure_pngs(notebook)
+  assert not summary['full_size']
+  for norm in ('none', 'batch', 'population'):
+    records = summary['records'][norm]
+    assert [r['step'] for r in records] == summary['snapshot_steps']
+    for record in records:
+      assert 0 < record['lambda_max'] < 1e4
+      assert 0 <= record['gradient_concentration'] <= 1
+    top = summary['top_eigenvalues'][norm]
+    assert top == sorted(top, reverse=True)
+    assert top[0] == pytest.approx(records[-1]['lambda_max'])
+    assert 0 <= summary['test_accuracy'][norm] <= 1
+
+
+def test_your_model_paths_agree(monkeypatch):
+  notebook, summary = run_notebook('your_model', monkeypatch)
+  assert figure_pngs(notebook)
+  assert summary['num_devices'] >= 2
+  # Streaming the batches and using one device change only the order of
+  # float32 sums.
+  assert summary['stream_difference'] < 1e-4
+  assert summary['devices_difference'] < 1e-4
+  lambda_max, lambda_min = summary['lambda_max'], summary['lambda_min']
+  for name in ('Gauss-Newton', 'empirical Fisher'):
+    assert lambda_min[name] > -1e-4 * lambda_max[name]  # positive semi-definite
+  assert lambda_min['Hessian'] < -1e-3 * lambda_max['Hessian']
+  assert summary['ritz_residuals'][0] < 1e-2
+  assert 0 <= summary['gradient_fraction'] <= 1
