@@ -142,7 +142,8 @@ def plot_curvature_over_training(records, path, lr_drops=()):
   steps = [r['step'] for r in records]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   axes[0].plot(steps, [r['lambda_max'] for r in records], 'o-')
-  if all(r['lambda_max'] > 0 for r in records):
+  lambda_max = [r['lambda_max'] for r in records]
+  if min(lambda_max) > 0 and max(lambda_max) > 10 * min(lambda_max):
     axes[0].set_yscale('log')
   axes[0].set_ylabel(r'$\lambda_{max}$')
   axes[0].set_title('largest Hessian eigenvalue')
