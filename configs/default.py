@@ -243,13 +243,14 @@ def _steps(values, name, num_steps, lowest):
   return steps
 
 
-def validate(config, num_devices=None):
+def validate(config, num_devices=None, num_processes=None):
   """Raises ValueError, naming the field, for unknown keys or impossible values.
 
   Args:
     config: the experiment's ConfigDict.
     num_devices: devices the global batches are split over; None: all devices
       of all processes (`jax.device_count()`).
+    num_processes: processes of the job; None: `jax.process_count()`.
 
   Returns:
     The config, unchanged.
@@ -276,9 +277,10 @@ def validate(config, num_devices=None):
                'log_every_steps', 'checkpoint_every_steps',
                'max_checkpoints_to_keep'):
     _positive_int(config[name], name)
-  if num_devices is None:
+  if num_devices is None or num_processes is None:
     import jax  # pylint: disable=g-import-not-at-top
-    num_devices = jax.device_count()
+    num_devices = num_devices or jax.device_count()
+    num_processes = num_processes or jax.process_count()
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] % num_devices:
       raise ValueError(
@@ -323,6 +325,12 @@ def validate(config, num_devices=None):
   _positive_int(hessian.num_draws, 'hessian.num_draws')
   _positive_int(hessian.batch_size, 'hessian.batch_size')
   _positive_int(hessian.num_examples, 'hessian.num_examples', allow_none=True)
+  if hessian.stream and num_processes > 1 and hessian.snapshot_steps:
+    raise ValueError(
+        'config.hessian.stream: a streamed Hessian set works in one process; '
+        f'with {num_processes} processes set stream=False (every host then '
+        'holds the set as arrays and reads only its own shard) and a '
+        'hessian.num_examples that fits in host memory.')
   if hessian.basis not in BASES:
     raise ValueError(f'config.hessian.basis: must be one of {BASES}, got '
                      f'{hessian.basis!r}.')

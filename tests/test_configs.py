@@ -146,6 +146,17 @@ def test_impossible_values_fail_naming_the_field(field, value, message):
     default.validate(config, num_devices=8)
 
 
+def test_streamed_hessian_set_is_rejected_on_several_processes():
+  config = parse(f'--config={path("resnet18_imagenet")}')
+  default.validate(config, num_devices=8, num_processes=1)
+  with pytest.raises(ValueError, match='stream: a streamed Hessian set'):
+    default.validate(config, num_devices=8, num_processes=2)
+  config = parse(f'--config={path("resnet18_imagenet")}',
+                 '--config.hessian.stream=False',
+                 '--config.hessian.num_examples=10000')
+  default.validate(config, num_devices=8, num_processes=2)
+
+
 def test_mlp_with_batch_norm_is_rejected():
   config = parse(f'--config={path("mlp_fashion_mnist")}',
                  '--config.model.norm=batch')
