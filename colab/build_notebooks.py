@@ -102,9 +102,10 @@ QUICKSTART = [
     4. see what the order, the number of draws and the smoothing width do.
 
     Runs on a CPU, GPU or TPU runtime. The exact eigendecomposition of the
-    15,910 x 15,910 Hessian runs on the host CPU: about 10 to 15 minutes and
-    10 GB of memory on a Colab runtime; everything else takes seconds. For a
-    one-minute version set `POOL = 2` below (14x14 images, 4,150 parameters).
+    15,910 x 15,910 Hessian runs on the host CPU: about 5 minutes on 2 cores
+    (3 of them in `eigh`) and 9 GB of memory; everything else takes seconds.
+    For a one-minute version set `POOL = 2` below (14x14 images, 4,150
+    parameters).
     '''),
     INSTALL,
     code(f'''
@@ -326,7 +327,7 @@ QUICKSTART = [
         density = smoothed(nodes, weights, grid, SIGMA)
         knobs[label] = l1(density, reference, grid)
         plotting.plot_density(grid, density, ax=ax,
-                              label=f'{label}: L1 {knobs[label]:.3f}')
+                              label=f'{label}: L1 {knobs[label]:.2g}')
       plotting.plot_density(grid, reference, ax=ax, color='black',
                             linestyle='--', linewidth=1, label='exact')
       ax.set_title(title)
@@ -338,7 +339,7 @@ QUICKSTART = [
       # Narrow kernels drawn first, so that the smooth curves stay visible.
       line = axes[2].plot(grid, np.maximum(density, plotting.LOG_FLOOR),
                           label=f'sigma {factor:g} x range: L1 '
-                          f'{knobs[f"sigma {factor:g}"]:.3f}')[0]
+                          f'{knobs[f"sigma {factor:g}"]:.2g}')[0]
       axes[2].plot(grid, np.maximum(reference_sigma, plotting.LOG_FLOOR), '--',
                    color='black', linewidth=0.8)
     axes[2].set_xlabel('eigenvalue')
@@ -699,16 +700,18 @@ YOUR_MODEL = [
     code('''
     lo = min(s.lambda_min for s in by_curvature.values())
     hi = max(s.lambda_max for s in by_curvature.values())
-    grid = np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 5000)
-    sigma = 3e-3 * (hi - lo)
+    negative = max(-lo, 1e-3 * (hi - lo))   # extent of the negative eigenvalues
+    views = (  # (grid, sigma): the whole spectrum, then a close-up of 0
+        (np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 5000),
+         3e-3 * (hi - lo)),
+        (np.linspace(-1.5 * negative, 3 * negative, 5000), negative / 20))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for name, spectrum in by_curvature.items():
-      density, _ = spectrum.density(grid, sigma)
-      for ax in axes:
+      for ax, (grid, sigma) in zip(axes, views):
+        density, _ = spectrum.density(grid, sigma, normalize=False)
         plotting.plot_density(grid, density, ax=ax, label=name)
     axes[0].set_title(f'the same CNN, {NUM_EXAMPLES} examples')
-    axes[1].set_xlim(lo - 0.02 * (hi - lo), 0.1 * (hi - lo))
-    axes[1].set_title('near 0: only the Hessian has negative eigenvalues')
+    axes[1].set_title('close to 0: only the Hessian has negative eigenvalues')
     plt.tight_layout()
     plt.show()
     ''', tags=[FIGURE_TAG]),
@@ -1067,34 +1070,37 @@ BATCHNORM = [
     md('''
     ## What changed
 
-    Left: the spectra at the end of training, each against its own
-    `lambda_max` (the three differ by an order of magnitude), on the paper's
-    log scale: outliers show as isolated bumps between the bulk at 0 and 1.
-    Middle: `lambda_max` over training. Right: the fraction of the full-batch
-    gradient in the span of the top-10 Ritz vectors, the paper's gradient
-    concentration.
+    Left: the largest Ritz values at the end of training, each network's
+    divided by its own `lambda_max`: outliers show as a few values well above
+    the rest, then a drop. Middle: `lambda_max` over training. Right: the
+    fraction of the full-batch gradient in the span of the top-10 Ritz
+    vectors, the paper's gradient concentration.
     '''),
     code('''
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.3))
-    relative = np.linspace(-0.3, 1.05, 4000)   # eigenvalue / lambda_max
+    shown = min(2 * TOP_K, ORDER)
     for norm in NORMS:
-      scale = spectra[norm].lambda_max
-      density, _ = spectra[norm].density(relative * scale, 5e-3 * scale)
-      plotting.plot_density(relative, density * scale, ax=axes[0],
-                            color=COLORS[norm], label=LABELS[norm])
+      top_values = spectra[norm].top_eigenvalues(shown)
+      axes[0].plot(np.arange(1, shown + 1), top_values / top_values[0], 'o-',
+                   color=COLORS[norm],
+                   label=f'{LABELS[norm]} (lambda_max {top_values[0]:.3g})')
       steps = [r['step'] for r in records[norm]]
       axes[1].plot(steps, [r['lambda_max'] for r in records[norm]], 'o-',
                    color=COLORS[norm], label=LABELS[norm])
       axes[2].plot(steps, [r['gradient_concentration'] for r in records[norm]],
                    'o-', color=COLORS[norm], label=LABELS[norm])
-    axes[0].set_xlabel('eigenvalue / lambda_max')
-    axes[0].set_title(f'Hessian spectra at step {NUM_STEPS}')
+    axes[0].axvline(TOP_K + 0.5, color='gray', linestyle=':')
+    axes[0].set_xlabel('rank i')
+    axes[0].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[0].set_ylabel('lambda_i / lambda_max')
+    axes[0].set_title(f'top Ritz values at step {NUM_STEPS}')
     axes[1].set_yscale('log')
     axes[1].set_title('lambda_max over training')
     axes[2].set_ylim(0, 1)
     axes[2].set_title(f'gradient in the top-{min(TOP_K, ORDER)} eigenspace')
     for ax in axes[1:]:
       ax.set_xlabel('training step')
+    for ax in axes:
       ax.legend()
     fig.suptitle(f'ResNet-{6 * BLOCKS_PER_STAGE + 2} on '
                  f'{"CIFAR-10" if DATASET == "cifar10" else "Fashion-MNIST"}, '
@@ -1103,22 +1109,22 @@ BATCHNORM = [
     plt.show()
     ''', tags=[FIGURE_TAG]),
     md('''
-    The outliers, one network at a time: the largest Ritz values at the end
-    of training, divided by the network's own `lambda_max`. An outlier
-    structure shows as a few values well above the rest, then a drop.
+    The densities themselves, on the paper's log scale, each against its own
+    `lambda_max` (the three differ by an order of magnitude). With only
+    `ORDER` quadrature nodes per draw every node is a bump: what matters is
+    whether the largest ones stand apart from the bulk at 0 or continue it.
     '''),
     code('''
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    shown = min(2 * TOP_K, ORDER)
-    for norm in NORMS:
-      top_values = spectra[norm].top_eigenvalues(shown)
-      ax.plot(np.arange(1, shown + 1), top_values / top_values[0], 'o-',
-              color=COLORS[norm],
-              label=f'{LABELS[norm]} (lambda_1 = {top_values[0]:.3g})')
-    ax.axvline(TOP_K + 0.5, color='gray', linestyle=':')
-    ax.set_xlabel('rank')
-    ax.set_ylabel('lambda_i / lambda_1')
-    ax.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 3.8), sharey=True)
+    relative = np.linspace(-0.3, 1.05, 4000)   # eigenvalue / lambda_max
+    for ax, norm in zip(axes, NORMS):
+      scale = spectra[norm].lambda_max
+      density, _ = spectra[norm].density(relative * scale, 5e-3 * scale)
+      plotting.plot_density(relative, density * scale, ax=ax,
+                            color=COLORS[norm])
+      ax.set_xlabel('eigenvalue / lambda_max')
+      ax.set_title(f'{LABELS[norm]}: lambda_max {scale:.3g}')
+    plt.tight_layout()
     plt.show()
     '''),
     md('''

@@ -22,7 +22,7 @@ nbclient = pytest.importorskip('nbclient')
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
-CELL_TIMEOUT_S = 240
+CELL_TIMEOUT_S = 300
 FIGURE_TAG = 'readme-figure'
 SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
 NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model')
