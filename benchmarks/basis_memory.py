@@ -3,30 +3,43 @@
   python -m benchmarks.basis_memory
 
 Memory rows: order 90, one draw, float64 Lanczos vectors, for 1M, 10M and 25M
-parameters. 'measured' is XLA's memory analysis of the compiled Lanczos
-program (arguments + outputs + temporaries) with a diagonal operator standing
-in for H v (whose own memory comes on top in every mode); 'computed' scales
-the 1M measurement linearly in the dimension (every buffer is [dim] or
-[order, dim]), used where a size does not fit this machine; 'formula' is the
-minimum: the basis plus a few vectors.
+parameters, per device. 'XLA analysis' is the compiled Lanczos program's
+memory analysis (arguments + outputs + temporaries; compiling needs no device
+memory, so every size is analysed, none extrapolated), with a diagonal
+operator standing in for H v (whose own memory comes on top in every mode).
+'sharded' splits the basis over 8 devices (8 CPU devices here, set before JAX
+starts; the analysis is per device). 'formula' is the minimum: the basis (or
+its slice) plus a few vectors. This CPU reports no runtime peak
+(`memory_stats` is None), so the table is not a measured peak.
 Accuracy rows: the n = 2000 Marchenko-Pastur + outliers matrix of the tests.
 """
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import os
 
-import spectral_density as sd
-from spectral_density import lanczos
+NUM_SHARDS = 8
+if 'jax' not in os.sys.modules:
+  os.environ.setdefault(
+      'XLA_FLAGS', f'--xla_force_host_platform_device_count={NUM_SHARDS}')
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+import spectral_density as sd  # pylint: disable=g-import-not-at-top
+from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
 
 ORDER = 90
 BYTES = 8  # float64
+MODES = ('device', 'sharded', 'host', 'none')
 
 
 def formula_bytes(mode, dim, order=ORDER):
   vectors = 6 * dim * BYTES  # v, v_prev, w, the product's input/output, slack
   if mode == 'device':
     return order * dim * BYTES + vectors
+  if mode == 'sharded':  # a slice of the basis and of v, v_prev, w; the
+    # product's whole input and output
+    return (order + 4) * dim * BYTES / NUM_SHARDS + 2 * dim * BYTES
   return vectors  # 'host' keeps the basis in host memory; 'none' has none
 
 
@@ -34,13 +47,19 @@ def measured_bytes(mode, dim):
   """Peak of the compiled programs that live on the device in this mode."""
   diag = jnp.linspace(0.0, 1.0, dim)
   matvec = jax.tree_util.Partial(lambda d, v: d * v, diag)
+  num_shards = NUM_SHARDS if mode == 'sharded' else 1
   config = lanczos._Config(dim, ORDER, 'float64', 'float64', 'gaussian',  # pylint: disable=protected-access
-                           mode != 'none', 2, False, 1e-15)
+                           mode != 'none', 2, False, 1e-15, num_shards)
   programs = lanczos._programs(config)  # pylint: disable=protected-access
   keys = jax.random.split(jax.random.key(0), 1)
   if mode == 'host':
     # On the device: only the products; the recurrence runs on the host.
     lowered = jax.jit(jax.vmap(matvec)).lower(jnp.zeros((1, dim)))
+  elif mode == 'sharded':
+    devices = tuple(jax.devices()[:NUM_SHARDS])
+    assert len(devices) == NUM_SHARDS, 'set XLA_FLAGS before importing jax'
+    runner = lanczos._sharded_function_runner(devices)  # pylint: disable=protected-access
+    lowered = runner.lower(programs.full, dim, matvec, (), (keys,))
   else:
     lowered = lanczos._run_jit.lower(programs.full, matvec, keys)  # pylint: disable=protected-access
   mem = lowered.compile().memory_analysis()
@@ -60,7 +79,7 @@ def accuracy_rows():
   grid = np.linspace(ev[0] - 6 * sigma, ev[-1] + 6 * sigma, 40001)
   exact = sd.exact_density(ev, grid, sigma)
   rows = []
-  for mode in ('device', 'host', 'none'):
+  for mode in MODES:
     res = sd.slq(lambda v: a @ v, 2000, order=ORDER, num_draws=10,
                  rng_key=jax.random.key(2), precision='float64', basis=mode)
     top = res.top_eigenvalues(3)
@@ -75,12 +94,11 @@ def accuracy_rows():
 def main():
   print('| basis | parameters | device memory (MB) | how | formula (MB) |')
   print('|---|---|---|---|---|')
-  for mode in ('device', 'host', 'none'):
-    base = measured_bytes(mode, 1_000_000)
+  for mode in MODES:
     for dim in (1_000_000, 10_000_000, 25_000_000):
-      how = 'measured (XLA)' if dim == 1_000_000 else 'computed'
-      print(f'| {mode} | {dim / 1e6:g}M | {base * dim / 1e6 / 2**20:,.0f} | '
-            f'{how} | {formula_bytes(mode, dim) / 2**20:,.0f} |')
+      print(f'| {mode} | {dim / 1e6:g}M | '
+            f'{measured_bytes(mode, dim) / 2**20:,.0f} | XLA analysis | '
+            f'{formula_bytes(mode, dim) / 2**20:,.0f} |')
   print()
   print('| basis | top-3 max rel. error | density L1 (sigma = 1e-3 width) '
         '| copies of lambda_max=20 among draw 0 nodes |')

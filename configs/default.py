@@ -56,10 +56,13 @@ Fields (units in the names; `None` where marked optional):
                         that number to match training exactly.
   hessian.stream        False: the Hessian set is copied to the devices once
                         (fast); True: it is streamed from the host in batches
-                        at every product (sets that do not fit, e.g. ImageNet).
-  hessian.basis         where the Lanczos basis lives: 'device' (fastest) or
-                        'host' (for bases that do not fit next to the model:
-                        order x parameters x 4 bytes per draw).
+                        at every product (sets that do not fit, e.g. ImageNet;
+                        with several processes each streams its share).
+  hessian.basis         where the Lanczos basis lives: 'device' (fastest),
+                        'sharded' (split over the devices: 1/D of it on each;
+                        not with stream=True) or 'host' (host memory) for
+                        bases that do not fit next to the model: order x
+                        parameters x 4 bytes per draw (8 with float64).
   hessian.lanczos_checkpoint_every
                         None, or save the Lanczos state every this many steps
                         (WORKDIR/lanczos/step_XXXXXXX, removed once the
@@ -96,7 +99,7 @@ MODELS = ('mlp', 'resnet32', 'resnet18')
 NORMS = ('batch', 'population', 'none')
 PRECISIONS = (None, 'float32', 'float64', 'mixed')
 # The Ritz vectors of the gradient concentration need a stored basis.
-BASES = ('device', 'host')
+BASES = ('device', 'sharded', 'host')
 SMOKE = 'smoke'
 
 
@@ -325,12 +328,11 @@ def validate(config, num_devices=None, num_processes=None):
   _positive_int(hessian.num_draws, 'hessian.num_draws')
   _positive_int(hessian.batch_size, 'hessian.batch_size')
   _positive_int(hessian.num_examples, 'hessian.num_examples', allow_none=True)
-  if hessian.stream and num_processes > 1 and hessian.snapshot_steps:
+  if hessian.stream and hessian.basis == 'sharded':
     raise ValueError(
-        'config.hessian.stream: a streamed Hessian set works in one process; '
-        f'with {num_processes} processes set stream=False (every host then '
-        'holds the set as arrays and reads only its own shard) and a '
-        'hessian.num_examples that fits in host memory.')
+        "config.hessian.basis: 'sharded' keeps the products inside one "
+        "compiled program, which a streamed Hessian set (stream=True) cannot; "
+        "use 'host' there.")
   if hessian.basis not in BASES:
     raise ValueError(f'config.hessian.basis: must be one of {BASES}, got '
                      f'{hessian.basis!r}.')

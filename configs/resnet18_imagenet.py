@@ -12,13 +12,14 @@ On a pod, raise the batch and scale the rate with it, with a 5-epoch warm-up:
   1,281,167 / batch steps).
 The Hessian set is the first 100,000 training images, not augmented,
 streamed from the host (60 GB as float32: it fits neither the devices nor a
-host), with bn_mode 'train' on batches of 32. Streaming works in one process;
-on a pod, where each host must hold its shard as arrays, use a set that fits
-in host memory: --config.hessian.stream=False
---config.hessian.num_examples=10000 (6 GB). The Lanczos basis (order 90 x
-11.7M parameters, 4.2 GB per draw) is kept on the host, and the Lanczos state
-is checkpointed every 10 steps, so a kill inside an hour-long snapshot loses
-little.
+host), with bn_mode 'train' on batches of 32. On a pod each host streams its
+contiguous share of those batches and one psum adds the hosts. The Lanczos
+basis (order 90 x 11.7M parameters, 4.2 GB per draw) is kept on the host, and
+the Lanczos state is checkpointed every 10 steps, so a kill inside an
+hour-long snapshot loses little. With a Hessian set that fits in device
+memory (--config.hessian.stream=False --config.hessian.num_examples=10000),
+--config.hessian.basis=sharded keeps 1/D of the basis on each device instead
+and the whole run is one compiled program.
 
   python -m experiments.main --config=configs/resnet18_imagenet.py \
       --workdir=runs/resnet18_bn --config.dataset.data_dir=TFDS_DIR

@@ -282,9 +282,14 @@ class SpectrumProbe:
       size = input_pipeline.data_size(self._train)
       num = size if num is None else min(num, size)
       if self.config.stream:
+        # The batches are those of one process; with several, each streams
+        # its contiguous share of them (the operator adds the shares).
         batch, train, info = self.config.batch_size, self._train, self._info
+        starts = range(0, num, batch)
+        mine = starts[input_pipeline.process_slice(
+            len(starts), jax.process_index(), jax.process_count())]
         def stream():
-          for start in range(0, num, batch):
+          for start in mine:
             indices = np.arange(start, min(start + batch, num))
             yield input_pipeline.preprocess(
                 input_pipeline.take(train, indices), info)

@@ -16,6 +16,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _is_split(x):
+  """Whether `x` is split over several devices (each process saves its own
+  slices of it) rather than a value every device holds."""
+  return (isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and
+          not x.is_fully_replicated)
+
+
 class LanczosCheckpoints:
   """The saves of one batch of draws.
 
@@ -46,14 +53,20 @@ class LanczosCheckpoints:
       raise ValueError(
           f'checkpoint_dir: {self.manager.directory} holds a run with other '
           'settings or keys; use a new directory.')
-    saved = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Sharded states (basis='sharded') come back split over the devices as
+    # they were saved, each process reading its own slices.
+    target = segments.abstract_states(len(self.meta['keys']))
+    saved = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(
+            None if target is None else target._asdict())))
+    convert = np.asarray if target is None else (lambda x: x)
     states = segments.state_type(
-        **{k: np.asarray(v) for k, v in saved['state'].items()})
+        **{k: convert(v) for k, v in saved['state'].items()})
     return step, segments.place(states)
 
   def save(self, step, states):
-    state = {k: np.asarray(v) for k, v in states._asdict().items()}
+    state = {k: v if _is_split(v) else np.asarray(v)
+             for k, v in states._asdict().items()}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)))
     self.manager.wait_until_finished()

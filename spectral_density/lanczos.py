@@ -29,10 +29,14 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
+
+from spectral_density import collectives
 
 PRECISIONS = ('float32', 'float64', 'mixed')
 STARTS = ('gaussian', 'rademacher')
-BASES = ('device', 'host', 'none')
+BASES = ('device', 'sharded', 'host', 'none')
 
 
 class LanczosResult(NamedTuple):
@@ -49,6 +53,7 @@ class LanczosResult(NamedTuple):
 
 
 class _State(NamedTuple):
+  # Vectors are [dim], or this device's [dim_local] slice with basis='sharded'.
   basis: jax.Array        # [order, dim] or [0, dim] without reorthogonalisation
   alphas: jax.Array       # [order]
   betas: jax.Array        # [order]; betas[j] couples steps j and j + 1
@@ -88,13 +93,16 @@ def _start_vector(key, dim, dtype, start):
   return v / jnp.linalg.norm(v)
 
 
-def _init(key, dim, order, dtype, start, reorthogonalize):
+def _init(key, dim, order, dtype, start, reorthogonalize, num_shards=1):
   zero = jnp.zeros((), dtype)
+  v = _start_vector(key, dim, dtype, start)
+  if num_shards > 1:  # the same start vector as unsharded, sliced
+    v = collectives.local_slice(v, num_shards)
+  size = v.shape[0]
   return _State(
-      basis=jnp.zeros((order if reorthogonalize else 0, dim), dtype),
+      basis=jnp.zeros((order if reorthogonalize else 0, size), dtype),
       alphas=jnp.zeros((order,), dtype), betas=jnp.zeros((order,), dtype),
-      v_prev=jnp.zeros((dim,), dtype),
-      v=_start_vector(key, dim, dtype, start),
+      v_prev=jnp.zeros((size,), dtype), v=v,
       beta_prev=zero, norm_est=zero, num_steps=jnp.zeros((), jnp.int32),
       done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32))
 
@@ -106,24 +114,26 @@ def _record(state, step):
   return state._replace(basis=state.basis.at[step].set(state.v))
 
 
-def _update(state, step, w, tol, reorth_passes):
+def _update(state, step, w, tol, reorth_passes, sharded=False):
   """One Lanczos step given ``w = A v``.
 
   Three-term recurrence, then `reorth_passes` classical Gram-Schmidt passes
   against the whole basis ("twice is enough"); rows not yet filled are zero and
-  so drop out of the projection.
+  so drop out of the projection. `sharded`: vectors are this device's slices,
+  so every inner product is completed by a `psum` over the devices.
   """
+  total = collectives.psum if sharded else (lambda x: x)
   dtype = state.v.dtype
   w = w.astype(dtype)
-  finite = jnp.all(jnp.isfinite(w))
+  finite = total(jnp.sum(~jnp.isfinite(w), dtype=jnp.int32)) == 0
   bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
                        jnp.asarray(step, jnp.int32), state.bad_step)
   w = jnp.where(finite, w, 0)
-  alpha = jnp.vdot(w, state.v)
+  alpha = total(jnp.vdot(w, state.v))
   w = w - alpha * state.v - state.beta_prev * state.v_prev
   for _ in range(reorth_passes if state.basis.shape[0] else 0):
-    w = w - state.basis.T @ (state.basis @ w)
-  beta = jnp.linalg.norm(w)
+    w = w - state.basis.T @ total(state.basis @ w)
+  beta = jnp.sqrt(total(jnp.vdot(w, w))) if sharded else jnp.linalg.norm(w)
   norm_est = jnp.maximum(state.norm_est,
                          jnp.abs(alpha) + state.beta_prev + beta)
   live = ~state.done
@@ -161,6 +171,7 @@ class _Config(NamedTuple):
   reorth_passes: int
   keep_vecs: bool
   tol: float
+  num_shards: int = 1  # > 1: basis='sharded' over this many devices
 
 
 class _Programs(NamedTuple):
@@ -180,11 +191,13 @@ def _programs(config):
   compiled programs, serve every call with the same settings.
   """
   dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
+  sharded = config.num_shards > 1
 
   def init(reduce, keys):
     del reduce
-    return jax.vmap(lambda k: _init(k, config.dim, config.order, dtype,
-                                    config.start, config.reorthogonalize))(keys)
+    return jax.vmap(lambda k: _init(
+        k, config.dim, config.order, dtype, config.start,
+        config.reorthogonalize, config.num_shards))(keys)
 
   def segment(reduce, states, start, stop):
     if states.v.shape[0] == 1:
@@ -193,15 +206,15 @@ def _programs(config):
       def step_one(i, state):
         state = _record(state, i)
         w = reduce(state.v.astype(mv_dtype)[None])[0]
-        return _update(state, i, w, config.tol, config.reorth_passes)
+        return _update(state, i, w, config.tol, config.reorth_passes, sharded)
       state = jax.tree.map(lambda x: x[0], states)
       state = jax.lax.fori_loop(start, stop, step_one, state)
       return jax.tree.map(lambda x: x[None], state)
     def step(i, states):
       states = jax.vmap(_record, in_axes=(0, None))(states, i)
       w = reduce(states.v.astype(mv_dtype))
-      return jax.vmap(_update, in_axes=(0, None, 0, None, None))(
-          states, i, w, config.tol, config.reorth_passes)
+      return jax.vmap(_update, in_axes=(0, None, 0, None, None, None))(
+          states, i, w, config.tol, config.reorth_passes, sharded)
     return jax.lax.fori_loop(start, stop, step, states)
 
   def finish(reduce, states):
@@ -242,6 +255,47 @@ def _executor(matvec):
   return lambda program, *args: _run_jit(program, tree, *args)
 
 
+def _local_blocks(fn):
+  """`fn` on `shard_map` blocks: strips and restores the leading [1] axis."""
+  def body(*args):
+    out = fn(*jax.tree.map(lambda x: x[0], args))
+    return jax.tree.map(lambda x: x[None], out)
+  return body
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_function_runner(devices):
+  """``run(program, dim, matvec, sharded_args, replicated_args)`` for a plain
+  matvec with basis='sharded': every device makes the whole product (the
+  function is not data parallel) and keeps its slice."""
+  num_shards = len(devices)
+  spec = PartitionSpec(collectives.AXIS)
+
+  def run(program, dim, matvec, sharded_args, replicated_args):
+    def body(sharded_args):
+      def reduce(v_local):
+        w = jax.vmap(matvec)(collectives.gather(v_local, dim))
+        return collectives.local_slice(w, num_shards)
+      return program(reduce, *sharded_args, *replicated_args)
+    return jax.shard_map(
+        _local_blocks(body), mesh=collectives.mesh(devices), in_specs=spec,
+        out_specs=spec, check_vma=False)(sharded_args)
+  return jax.jit(run, static_argnums=(0, 1))
+
+
+def _sharded_layout(matvec, dim):
+  """(devices, executor) of a basis='sharded' run: ``execute(program,
+  sharded_args, replicated_args)`` runs `program` on every device with the
+  state arguments split over devices (leading axis) and returns the same."""
+  if hasattr(matvec, 'run_sharded'):
+    return tuple(matvec.devices), matvec.run_sharded
+  devices = tuple(jax.devices())
+  runner = _sharded_function_runner(devices)
+  tree = _as_matvec_pytree(matvec)
+  return devices, lambda program, sharded, replicated: runner(
+      program, dim, tree, sharded, replicated)
+
+
 @functools.lru_cache(maxsize=None)
 def _host_step_fns(config):
   """Compiled pieces of one step, for runs whose products happen outside."""
@@ -254,7 +308,12 @@ def _host_step_fns(config):
 
 class _Segments:
   """Runs the Lanczos steps in segments: the products either inside compiled
-  segments (`execute`) or from a host loop (`matvec` on host-placed states)."""
+  segments (`execute`) or from a host loop (`matvec` on host-placed states).
+
+  With ``config.num_shards > 1`` (basis='sharded') the states are global
+  arrays whose leading axis is split over `devices`: device ``i`` holds
+  ``[1, num_draws, ...]``, its slice of every vector and a copy of the rest.
+  """
 
   def __init__(self, config, matvec, host_loop, state_device):
     self.config = config
@@ -264,24 +323,55 @@ class _Segments:
                    else jax.jit(jax.vmap(matvec)))
     self.host_loop = host_loop
     self.state_device = state_device
-    self.execute = None if host_loop else _executor(matvec)
+    self.sharded = config.num_shards > 1
+    if self.sharded:
+      self.devices, execute = _sharded_layout(matvec, config.dim)
+      self.execute = lambda program, states, *args: execute(
+          program, () if states is None else (states,), args)
+    elif host_loop:
+      self.execute = None
+    else:
+      run = _executor(matvec)
+      self.execute = lambda program, states, *args: run(
+          program, *(() if states is None else (states,)), *args)
 
   def _jit(self, program, *args):
     return _run_jit(program, _as_matvec_pytree(_no_matvec), *args)
 
   state_type = _State  # for restoring checkpoints
 
+  def abstract_states(self, num_draws):
+    """Shapes, dtypes and shardings of the states (None: saved as numpy)."""
+    if not self.sharded:
+      return None
+    c = self.config
+    size = collectives.slice_size(c.dim, c.num_shards)
+    shapes = jax.eval_shape(jax.vmap(lambda k: _init(
+        k, size, c.order, jnp.dtype(c.dtype), c.start, c.reorthogonalize)),
+                            jax.random.split(jax.random.key(0), num_draws))
+    sharding = collectives.sharding(self.devices)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
+        (c.num_shards,) + s.shape, s.dtype, sharding=sharding), shapes)
+
   def place(self, states):
-    """States restored from host arrays, where this run keeps them."""
+    """States restored from a checkpoint, where this run keeps them."""
+    if self.sharded:
+      return states
     if self.host_loop:
       return jax.device_put(states, self.state_device)
     return jax.tree.map(jax.numpy.asarray, states)
+
+  def replica(self, x):
+    """One device's copy of a field every device holds (host numpy)."""
+    if self.sharded:
+      return np.asarray(x.addressable_shards[0].data)[0]
+    return np.asarray(x)
 
   def init(self, keys):
     if self.host_loop:
       return jax.device_put(self._jit(self.programs.init, keys),
                             self.state_device)
-    return self.execute(self.programs.init, keys)
+    return self.execute(self.programs.init, None, keys)
 
   def run(self, states, start, stop):
     if not self.host_loop:
@@ -299,18 +389,37 @@ class _Segments:
       return self._jit(self.programs.finish, states)
     return self.execute(self.programs.finish, states)
 
+  def full(self, keys):
+    """init, every step and finish as one compiled program."""
+    return self.execute(self.programs.full, None, keys)
+
+  def to_host(self, out):
+    """The output of `finish` as host numpy arrays ``(tridiag [k, order,
+    order], vecs [k, order, dim] or None, num_steps [k], bad_step [k])``."""
+    tridiag, vecs, num_steps, bad = out
+    if not self.sharded:
+      return jax.tree.map(np.asarray, out)
+    if vecs is not None:
+      if not vecs.is_fully_addressable:  # other processes hold some slices
+        vecs = multihost_utils.process_allgather(vecs, tiled=True)
+      vecs = np.asarray(vecs)  # [num_shards, k, order, dim_local]
+      vecs = np.moveaxis(vecs, 0, 2).reshape(vecs.shape[1:3] + (-1,))
+      vecs = vecs[..., :self.config.dim]
+    return (self.replica(tridiag), vecs, self.replica(num_steps),
+            self.replica(bad))
+
 
 def _no_matvec(v):
   raise AssertionError('this program makes no products')
 
 
-def _ritz_extremes(states):
+def _ritz_extremes(segments, states):
   """(smallest, largest) Ritz value of draw 0 so far (host numpy)."""
-  steps = int(np.asarray(states.num_steps)[0])
+  steps = int(segments.replica(states.num_steps)[0])
   if steps == 0:
     return np.nan, np.nan
-  alphas = np.asarray(states.alphas[0, :steps], np.float64)
-  betas = np.asarray(states.betas[0, :steps - 1], np.float64)
+  alphas = segments.replica(states.alphas)[0, :steps].astype(np.float64)
+  betas = segments.replica(states.betas)[0, :steps - 1].astype(np.float64)
   ritz = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) +
                             np.diag(betas, -1))
   return float(ritz[0]), float(ritz[-1])
@@ -357,7 +466,7 @@ def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
     if progress:
       jax.block_until_ready(states)
       per = (time.perf_counter() - start_time) / (step - start_step)
-      lo, hi = _ritz_extremes(states)
+      lo, hi = _ritz_extremes(segments, states)
       _report(progress, {'draws': draws, 'step': step, 'order': order,
                          'seconds_per_product': per,
                          'eta_seconds': per * (order - step),
@@ -384,9 +493,12 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     precision: ``'float32'``, ``'float64'``, ``'mixed'`` or None (see module).
     start: ``'gaussian'`` (normalised, the paper's) or ``'rademacher'``.
     basis: where the Lanczos basis lives, for full reorthogonalisation:
-      ``'device'`` (with the products: one compiled program), ``'host'`` (host
-      memory; the device holds only the vectors of one product, the
-      recurrence runs on the host CPU), or ``'none'`` (no basis, no
+      ``'device'`` (with the products: one compiled program), ``'sharded'``
+      (split over the operator's devices, or all devices for a function:
+      each holds ``1 / num_devices`` of every vector, inner products by
+      `psum`; one compiled program; falls back to 'device' on one device),
+      ``'host'`` (host memory; the device holds only the vectors of one
+      product, the recurrence runs on the host CPU), or ``'none'`` (no basis, no
       reorthogonalisation: three vectors; loses orthogonality, so converged
       Ritz values repeat and the bulk's weights drift; see README).
     reorth_passes: Gram-Schmidt passes per step (2: "twice is enough").
@@ -430,10 +542,19 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   dtype, mv_dtype = _dtypes(precision, jnp.dtype(op_dtype))
   if tol is None:
     tol = 10 * float(jnp.finfo(mv_dtype).eps)
+  traceable = getattr(matvec, 'traceable', True)
+  num_shards = 1
+  if basis == 'sharded':
+    if not traceable:
+      raise ValueError(
+          "basis='sharded' needs the products inside the compiled program: "
+          "a function or an operator over a device-resident dataset; for "
+          "streamed batches use basis='host'.")
+    num_shards = len(getattr(matvec, 'devices', None) or jax.devices())
   config = _Config(dim, order, jnp.dtype(dtype).name, jnp.dtype(mv_dtype).name,
                    start, basis != 'none', int(reorth_passes),
-                   bool(keep_vecs), float(tol))
-  host_loop = basis == 'host' or not getattr(matvec, 'traceable', True)
+                   bool(keep_vecs), float(tol), num_shards)
+  host_loop = basis == 'host' or not traceable
   state_device = (jax.local_devices(backend='cpu')[0] if basis == 'host'
                   else jax.local_devices()[0])
   segments = _Segments(config, matvec, host_loop, state_device)
@@ -445,11 +566,11 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   for first in range(0, num_draws, per_pass):
     chunk = keys[first:first + per_pass]
     if one_program:
-      out = _executor(matvec)(_programs(config).full, chunk)
+      out = segments.full(chunk)
     else:
       out = _run_chunk(segments, chunk, first, checkpoint_dir=checkpoint_dir,
                        checkpoint_every=checkpoint_every, progress=progress)
-    outs.append(jax.tree.map(np.asarray, out))
+    outs.append(segments.to_host(out))
   tridiag = np.concatenate([o[0] for o in outs])
   vecs = np.concatenate([o[1] for o in outs]) if keep_vecs else None
   num_steps = np.concatenate([o[2] for o in outs])

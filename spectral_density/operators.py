@@ -20,7 +20,9 @@ train mode). Examples are weighted, not batches:
 Iterable datasets (a list of batches, or a callable returning a fresh iterator
 of batches) stay on the host and are streamed: batches of the common size go
 to the devices `num_devices` at a time, others run alone; each is weighted by
-its number of examples.
+its number of examples. With several processes each streams its own batches
+(its share of the data) on its own devices, as many as it has; one `psum`
+over the processes then adds their sums and example counts.
 
 A new parameter value (`hvp_fn.with_params(p)`, or a new `get_hvp_fn` call with
 the same loss and shapes) reuses every compiled program.
@@ -33,17 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec
 
+from spectral_density import collectives
 from spectral_density import hessian
 
-AXIS = 'devices'
-
-
-def _sharding(devices):
-  """Leading axis split over `devices`, as `pmap` lays out its inputs."""
-  return jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.asarray(devices), (AXIS,)),
-      jax.sharding.PartitionSpec(AXIS))
+AXIS = collectives.AXIS
+_sharding = collectives.sharding
 
 
 def _default_accum_dtype(param_dtype):
@@ -74,18 +72,23 @@ def batch_function(curvature, loss, kind):
   return _flat_fn(product if kind == 'product' else mean_loss, kind)
 
 
+def _device_sum(batch_fn, params, data, weights, v, accum_dtype):
+  """The weighted sum of `batch_fn` over this device's batches (a scan)."""
+  def body(acc, batch_and_weight):
+    batch, weight = batch_and_weight
+    return acc + weight * batch_fn(params, batch, v).astype(accum_dtype), None
+  shape = jax.eval_shape(
+      batch_fn, params, jax.tree.map(lambda x: x[0], data), v).shape
+  local, _ = jax.lax.scan(body, jnp.zeros(shape, accum_dtype), (data, weights))
+  return local
+
+
 def _sharded_reduce(batch_fn, params, data, weights, rem_batch, rem_weight,
                     accum_dtype, data_parallel=True):
   """``reduce(v)``: the example-weighted sum of `batch_fn` over all batches
   (this device's, then `psum` over devices when `data_parallel`)."""
   def reduce(v):
-    def body(acc, batch_and_weight):
-      batch, weight = batch_and_weight
-      return acc + weight * batch_fn(params, batch, v).astype(accum_dtype), None
-    shape = jax.eval_shape(
-        batch_fn, params, jax.tree.map(lambda x: x[0], data), v).shape
-    local, _ = jax.lax.scan(body, jnp.zeros(shape, accum_dtype),
-                            (data, weights))
+    local = _device_sum(batch_fn, params, data, weights, v, accum_dtype)
     total = jax.lax.psum(local, AXIS) if data_parallel else local
     if rem_batch is not None:
       total = total + rem_weight * batch_fn(params, rem_batch, v).astype(
@@ -122,6 +125,45 @@ def _sharded_runner(devices):
       run, axis_name=AXIS, devices=list(devices),
       in_axes=(None, None, None, None, 0, 0, None, None, None),
       static_broadcasted_argnums=(0, 1, 2), out_axes=None)
+
+
+@functools.lru_cache(maxsize=None)
+def _split_vector_runner(devices):
+  """The entry point of Lanczos programs whose vectors are split over
+  `devices` (basis='sharded'): `jit` of `shard_map`.
+
+  ``reduce(v_local)`` maps this device's slices ``[k, dim_local]`` to its
+  slices of the products: it gathers ``v``, sums this device's batches and
+  reduce-scatters the sum (the replicated remainder batch adds its own
+  slice).
+  """
+  num_shards = len(devices)
+  split = PartitionSpec(AXIS)
+
+  def run(program, batch_fn, accum_dtype, params, data, weights, rem_batch,
+          rem_weight, sharded_args, replicated_args):
+    dim = ravel_pytree(params)[0].size
+
+    def body(data, weights, sharded_args):
+      def reduce(v_local):
+        v = collectives.gather(v_local, dim)
+        total = collectives.scatter_sum(
+            _device_sum(batch_fn, params, data, weights, v, accum_dtype),
+            num_shards)
+        if rem_batch is not None:
+          total = total + collectives.local_slice(
+              rem_weight * batch_fn(params, rem_batch, v).astype(accum_dtype),
+              num_shards)
+        return total
+      return program(reduce, *sharded_args, *replicated_args)
+
+    def blocks(data, weights, sharded_args):
+      out = body(*jax.tree.map(lambda x: x[0], (data, weights, sharded_args)))
+      return jax.tree.map(lambda x: x[None], out)
+    return jax.shard_map(
+        blocks, mesh=collectives.mesh(devices), in_specs=split,
+        out_specs=split, check_vma=False)(data, weights, sharded_args)
+  return jax.jit(run, static_argnums=(0, 1, 2))
 
 
 def _check_dataset_arrays(dataset):
@@ -272,6 +314,7 @@ class ResidentOperator(_Operator):
                  jax.device_put(rem_batch, local[0]), jnp.asarray(rem_weight))
       self.num_examples = _check_dataset_arrays(dataset)
     self._placed = _placed
+    self._replicated = None
 
   def with_params(self, params):
     """The same operator at new parameters; reuses data and compiled code."""
@@ -288,6 +331,21 @@ class ResidentOperator(_Operator):
     return _sharded_runner(self.devices)(
         program, batch_fn, self.accum_dtype, self.params, data, weights,
         rem_batch, rem_weight, args)
+
+  def run_sharded(self, program, sharded_args, replicated_args,
+                  kind='product'):
+    """Runs ``program(reduce, *sharded_args, *replicated_args)`` with vectors
+    split over the devices (see `_split_vector_runner`); `sharded_args` and
+    the outputs have a leading axis split over the devices."""
+    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
+    data, weights, rem_batch, rem_weight = self._placed
+    if self._replicated is None:  # once per parameter value
+      self._replicated = collectives.replicate(
+          (self.params, rem_batch, rem_weight), self.devices)
+    params, rem_batch, rem_weight = self._replicated
+    return _split_vector_runner(self.devices)(
+        program, batch_fn, self.accum_dtype, params, data, weights, rem_batch,
+        rem_weight, sharded_args, replicated_args)
 
   def _reduce(self, kind, v):
     if v is None:
@@ -387,10 +445,45 @@ class StreamingOperator(_Operator):
         out = single_fn(self.params, batch, weight, v)
         count += weight
       total = out if total is None else total + out
-    if total is None:
+    if jax.process_count() > 1:
+      if total is None:  # this process has no batches: it adds zeros
+        shape = {'product': np.shape(v), 'gradient': (self.num_params,),
+                 'loss': ()}[kind]
+        total = jnp.zeros(shape, self.accum_dtype)
+      device, process_sum = _process_sum()
+      total, count = process_sum(
+          (jax.device_put(total, device), np.asarray(count, weight_dtype)))
+      count = float(count)
+    if total is None or count == 0:
       raise ValueError('dataset: the batch stream yielded no examples.')
     self.num_examples = int(count)
     return total / count
+
+
+@functools.lru_cache(maxsize=None)
+def _process_sum():
+  """``(device, fn)``: `fn` sums, over all processes, the pytree each process
+  places on its `device` (its first); one `psum` over a one-device-per-process
+  mesh, whose result every process gets."""
+  firsts = [[d for d in jax.devices() if d.process_index == p][0]
+            for p in range(jax.process_count())]
+  mesh = jax.sharding.Mesh(np.asarray(firsts), ('processes',))
+  split = jax.sharding.NamedSharding(mesh, PartitionSpec('processes'))
+  total = jax.jit(jax.shard_map(
+      lambda tree: jax.tree.map(lambda x: jax.lax.psum(x[0], 'processes'),
+                                tree),
+      mesh=mesh, in_specs=PartitionSpec('processes'),
+      out_specs=PartitionSpec()))
+  mine = firsts[jax.process_index()]
+
+  def fn(tree):
+    def stack(x):
+      x = jax.device_put(x, mine)[None]
+      return jax.make_array_from_single_device_arrays(
+          (len(firsts),) + x.shape[1:], split, [x])
+    out = total(jax.tree.map(stack, tree))
+    return jax.tree.map(lambda x: x.addressable_data(0), out)
+  return mine, fn
 
 
 def _stack(batches, pad):
@@ -413,12 +506,14 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     params: pytree of arrays.
     dataset: either a pytree of arrays with a common leading example axis
       (kept on the devices), or a `list` of batches / a callable returning a
-      fresh iterable of batches (streamed from the host).
+      fresh iterable of batches (streamed from the host; with several
+      processes, each passes its own share of the batches).
     batch_size: examples per batch for an array dataset (required there).
     curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
     devices: devices to use; default all devices (of every process, for an
       array dataset: on a pod each process passes the same arrays, or memory
-      maps of them, and reads only its devices' batches).
+      maps of them, and reads only its devices' batches), or this process's
+      own for a streamed dataset.
     dtype: cast floating params to this dtype first (e.g. float64 products).
     accum_dtype: dtype of the sum over batches and of the result; default
       float64 when x64 is enabled, else the params' dtype.
@@ -437,17 +532,17 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     raise ValueError('params: has no entries.')
   accum_dtype = accum_dtype or _default_accum_dtype(flat.dtype)
   if callable(dataset) or isinstance(dataset, list):
-    if jax.process_count() > 1:
-      raise NotImplementedError(
-          'dataset: streamed batches work within one process; on several '
-          'hosts pass the arrays (each host reads only its own shard).')
     devices = tuple(devices or jax.local_devices())
+    if any(d.process_index != jax.process_index() for d in devices):
+      raise ValueError('devices: a streamed dataset runs on this process\'s '
+                       'own devices; each process streams its own batches.')
     op = StreamingOperator(loss, params, dataset, curvature=curvature,
                            devices=devices, accum_dtype=accum_dtype)
     first = next(op._iterate(), None)
-    if first is None:
+    if first is not None:
+      hessian.check_loss_output(curvature, loss, params, first)
+    elif jax.process_count() == 1:  # (a process of many may have no share)
       raise ValueError('dataset: the batch stream yielded no batches.')
-    hessian.check_loss_output(curvature, loss, params, first)
   else:
     devices = tuple(devices or jax.devices())
     n = _check_dataset_arrays(dataset)

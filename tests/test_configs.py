@@ -124,7 +124,7 @@ def smoke_config():
     ('hessian.order', 0, 'hessian.order: must be a positive integer'),
     ('hessian.num_draws', -1, 'num_draws: must be a positive integer'),
     ('hessian.precision', 'float16', 'precision: must be one of'),
-    ('hessian.basis', 'none', "basis: must be one of .'device', 'host'"),
+    ('hessian.basis', 'none', "basis: must be one of .'device', 'sharded', 'host'"),
     ('hessian.lanczos_checkpoint_every', 0, 'must be a positive integer'),
     ('batch_size', 36, 'batch_size: 36 is not divisible by the 8 devices'),
     ('eval_batch_size', 12, 'eval_batch_size: 12 is not divisible'),
@@ -146,14 +146,16 @@ def test_impossible_values_fail_naming_the_field(field, value, message):
     default.validate(config, num_devices=8)
 
 
-def test_streamed_hessian_set_is_rejected_on_several_processes():
+def test_streamed_hessian_set_runs_on_several_processes():
   config = parse(f'--config={path("resnet18_imagenet")}')
-  default.validate(config, num_devices=8, num_processes=1)
-  with pytest.raises(ValueError, match='stream: a streamed Hessian set'):
+  default.validate(config, num_devices=8, num_processes=2)
+  config = parse(f'--config={path("resnet18_imagenet")}',
+                 '--config.hessian.basis=sharded')
+  with pytest.raises(ValueError, match="basis: 'sharded' .*stream=True"):
     default.validate(config, num_devices=8, num_processes=2)
   config = parse(f'--config={path("resnet18_imagenet")}',
                  '--config.hessian.stream=False',
-                 '--config.hessian.num_examples=10000')
+                 '--config.hessian.basis=sharded')
   default.validate(config, num_devices=8, num_processes=2)
 
 

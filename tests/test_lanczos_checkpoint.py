@@ -62,7 +62,8 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
                      checkpoint_dir=tmp_path, checkpoint_every=5)
 
 
-def test_dataset_operator_resumes_inside_its_pmapped_program(tmp_path):
+@pytest.mark.parametrize('basis', ['device', 'sharded'])
+def test_dataset_operator_resumes_inside_its_pmapped_program(tmp_path, basis):
   loss, params, data = tp.conv_bn_problem(53)
   hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10)
   reference = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0),
@@ -73,15 +74,15 @@ def test_dataset_operator_resumes_inside_its_pmapped_program(tmp_path):
   with pytest.raises(Killed):
     sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0), precision='float64',
                      checkpoint_dir=tmp_path, checkpoint_every=4,
-                     progress=kill)
+                     progress=kill, basis=basis)
   resumed = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0),
                              precision='float64', checkpoint_dir=tmp_path,
-                             checkpoint_every=4)
+                             checkpoint_every=4, basis=basis)
   np.testing.assert_allclose(resumed.tridiag, reference.tridiag, rtol=1e-12,
                              atol=1e-14)
 
 
-@pytest.mark.parametrize('basis', ['host', 'device'])
+@pytest.mark.parametrize('basis', ['host', 'device', 'sharded'])
 def test_basis_in_host_memory_gives_the_device_result(basis):
   matvec = _matvec()
   reference = sd.lanczos_draws(matvec, 300, 30, jax.random.key(2),
@@ -92,6 +93,60 @@ def test_basis_in_host_memory_gives_the_device_result(basis):
   np.testing.assert_allclose(result.tridiag, reference.tridiag, rtol=1e-12,
                              atol=1e-14)
   np.testing.assert_allclose(result.vecs, reference.vecs, atol=1e-12)
+
+
+@pytest.mark.parametrize('num_devices', [8, 3])
+def test_sharded_basis_splits_every_vector_over_the_devices(num_devices):
+  """Each device holds ceil(n / D) entries of every Lanczos vector (the last
+  slice padded); the run matches the unsplit one and the dense spectrum."""
+  loss, params, data = tp.conv_bn_problem(53)
+  devices = jax.devices()[:num_devices]
+  hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10,
+                               devices=devices)
+  seen = []
+  def record(info):
+    seen.append(info)
+  result = sd.lanczos_draws(hvp_fn, n, n, jax.random.key(3), num_draws=2,
+                            precision='float64', basis='sharded',
+                            keep_vecs=True, checkpoint_every=50,
+                            progress=record)
+  reference = sd.lanczos_draws(hvp_fn, n, n, jax.random.key(3), num_draws=2,
+                               precision='float64', keep_vecs=True)
+  np.testing.assert_allclose(result.tridiag, reference.tridiag, rtol=1e-10,
+                             atol=1e-12)
+  np.testing.assert_allclose(result.vecs, reference.vecs, atol=1e-10)
+  k = int(result.num_steps[0])  # the Krylov space ends early: rank < n
+  np.testing.assert_allclose(result.vecs[0, :k] @ result.vecs[0, :k].T,
+                             np.eye(k), atol=1e-12)
+  # A complete Krylov space: its extreme Ritz values are the eigenvalues.
+  dense = np.linalg.eigvalsh(np.asarray(hvp_fn(jnp.eye(n))))
+  ritz = np.linalg.eigvalsh(result.tridiag[0, :k, :k])
+  scale = np.abs(dense).max()
+  np.testing.assert_allclose(ritz[-3:], dense[-3:], atol=1e-9 * scale)
+  np.testing.assert_allclose(ritz[0], dense[0], atol=1e-9 * scale)
+  assert seen[-1]['ritz_max'] == pytest.approx(dense[-1], rel=1e-9)
+
+
+def test_sharded_basis_state_lives_in_slices(monkeypatch):
+  """The compiled program's state: [D, draws, order, ceil(n / D)] basis."""
+  from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
+  shapes = []
+  finish = lanczos._Segments.finish  # pylint: disable=protected-access
+  def spy(self, states):
+    shapes.append((states.basis.shape, len(states.basis.sharding.device_set)))
+    return finish(self, states)
+  monkeypatch.setattr(lanczos._Segments, 'finish', spy)  # pylint: disable=protected-access
+  sd.lanczos_draws(_matvec(), 300, 10, jax.random.key(0), num_draws=2,
+                   precision='float64', basis='sharded', checkpoint_every=5)
+  assert shapes == [((8, 2, 10, 38), 8)]
+
+
+def test_sharded_basis_refuses_streamed_batches():
+  loss, params, data = tp.conv_bn_problem(20)
+  batches = [jax.tree.map(lambda x: x[i:i + 10], data) for i in (0, 10)]
+  hvp_fn, _, n = sd.get_hvp_fn(loss, params, batches)
+  with pytest.raises(ValueError, match="basis='sharded' needs"):
+    sd.lanczos_draws(hvp_fn, n, 5, jax.random.key(0), basis='sharded')
 
 
 def test_progress_reports_steps_timing_and_ritz_values(capsys):

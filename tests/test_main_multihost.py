@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = ('--config=configs/mlp_fashion_mnist.py:smoke',
@@ -45,16 +46,23 @@ def _snapshots(workdir):
   return [json.loads(line) for line in lines]
 
 
-def test_two_processes_end_as_one_process_with_two_devices(tmp_path):
+@pytest.mark.parametrize('hessian_set', [
+    ('--config.hessian.stream=False', '--config.hessian.basis=sharded'),
+    ('--config.hessian.stream=True',)], ids=['resident-sharded', 'streamed'])
+def test_two_processes_end_as_one_process_with_two_devices(tmp_path,
+                                                           hessian_set):
+  """Resident: every process holds the set and reads its own shard, the basis
+  split over the devices of both; streamed: each streams its share."""
+  overrides = OVERRIDES + hessian_set
   one = tmp_path / 'one'
-  subprocess.run([sys.executable, '-m', 'experiments.main', *OVERRIDES,
+  subprocess.run([sys.executable, '-m', 'experiments.main', *overrides,
                   f'--workdir={one}'], cwd=REPO, env=_env(2), check=True,
                  capture_output=True, timeout=300)
 
   two = tmp_path / 'two'
   env = _env(1, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{_free_port()}')
   procs = [subprocess.Popen(
-      [sys.executable, '-m', 'experiments.main', *OVERRIDES,
+      [sys.executable, '-m', 'experiments.main', *overrides,
        f'--workdir={two}', '--num_processes=2', f'--process_id={i}'],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]

@@ -26,12 +26,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_processes(num_processes, devices_each, out_dir):
+def _run_processes(num_processes, devices_each, out_dir, mode):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), str(port), str(num_processes), str(i),
-       str(out_dir), str(devices_each)],
+       str(out_dir), str(devices_each), mode],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(num_processes)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -49,10 +49,13 @@ def one_process():
     return result.tridiag, np.asarray(hvp_fn.gradient())
 
 
-@pytest.mark.parametrize('num_processes,devices_each', [(2, 2), (4, 1)])
+@pytest.mark.parametrize('num_processes,devices_each,mode',
+                         [(2, 2, 'device'), (4, 1, 'device'),
+                          (2, 2, 'sharded'), (2, 2, 'stream'),
+                          (4, 1, 'stream')])
 def test_processes_give_the_one_process_tridiagonal(
-    one_process, tmp_path, num_processes, devices_each):
-  _run_processes(num_processes, devices_each, tmp_path)
+    one_process, tmp_path, num_processes, devices_each, mode):
+  _run_processes(num_processes, devices_each, tmp_path, mode)
   tridiag, grad = one_process
   np.testing.assert_allclose(np.load(tmp_path / 'tridiag.npy'), tridiag,
                              rtol=1e-5, atol=1e-9)
@@ -60,12 +63,22 @@ def test_processes_give_the_one_process_tridiagonal(
                              atol=1e-13)
   # The checkpoint the processes wrote is the one a single process resumes
   # from: it holds the finished run, so no product is computed again (a NaN
-  # loss would raise FloatingPointError if one were).
+  # loss would raise FloatingPointError if one were). A sharded basis was
+  # saved in slices by each process; one process with as many devices reads
+  # them all back.
   with jax.enable_x64(True):
     loss, params, data = tp.conv_bn_problem(53)
     nan_loss = lambda p, b: loss(p, b) * np.nan
-    hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params, data, batch_size=10)
+    if mode == 'stream':
+      batches = [jax.tree.map(lambda x, i=i: x[i:i + 10], data)
+                 for i in range(0, 53, 10)]
+      hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params, batches)
+    else:
+      hvp_fn, _, n = sd.get_hvp_fn(
+          nan_loss, params, data, batch_size=10,
+          devices=jax.devices()[:num_processes * devices_each])
     resumed = sd.lanczos_draws(
         hvp_fn, n, 12, jax.random.key(0), num_draws=2, precision='float64',
+        basis='host' if mode == 'stream' else mode,
         checkpoint_dir=tmp_path / 'ckpt', checkpoint_every=5)
   np.testing.assert_allclose(resumed.tridiag, tridiag, rtol=1e-5, atol=1e-9)
