@@ -59,8 +59,8 @@ Fields (units in the names; `None` where marked optional):
                         at every product (sets that do not fit, e.g. ImageNet;
                         with several processes each streams its share).
   hessian.basis         where the Lanczos basis lives: 'device' (fastest),
-                        'sharded' (split over the devices: 1/D of it on each;
-                        not with stream=True) or 'host' (host memory) for
+                        'sharded' (split over all devices: 1/D of it on each)
+                        or 'host' (host memory) for
                         bases that do not fit next to the model: order x
                         parameters x 4 bytes per draw (8 with float64).
   hessian.lanczos_checkpoint_every
@@ -328,11 +328,6 @@ def validate(config, num_devices=None, num_processes=None):
   _positive_int(hessian.num_draws, 'hessian.num_draws')
   _positive_int(hessian.batch_size, 'hessian.batch_size')
   _positive_int(hessian.num_examples, 'hessian.num_examples', allow_none=True)
-  if hessian.stream and hessian.basis == 'sharded':
-    raise ValueError(
-        "config.hessian.basis: 'sharded' keeps the products inside one "
-        "compiled program, which a streamed Hessian set (stream=True) cannot; "
-        "use 'host' there.")
   if hessian.basis not in BASES:
     raise ValueError(f'config.hessian.basis: must be one of {BASES}, got '
                      f'{hessian.basis!r}.')

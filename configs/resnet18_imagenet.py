@@ -16,10 +16,9 @@ host), with bn_mode 'train' on batches of 32. On a pod each host streams its
 contiguous share of those batches and one psum adds the hosts. The Lanczos
 basis (order 90 x 11.7M parameters, 4.2 GB per draw) is kept on the host, and
 the Lanczos state is checkpointed every 10 steps, so a kill inside an
-hour-long snapshot loses little. With a Hessian set that fits in device
-memory (--config.hessian.stream=False --config.hessian.num_examples=10000),
---config.hessian.basis=sharded keeps 1/D of the basis on each device instead
-and the whole run is one compiled program.
+hour-long snapshot loses little. On a pod, --config.hessian.basis=sharded
+keeps 1/D of the basis on each of the D devices instead (0.5 GB per draw on
+8 devices) and updates it there.
 
   python -m experiments.main --config=configs/resnet18_imagenet.py \
       --workdir=runs/resnet18_bn --config.dataset.data_dir=TFDS_DIR

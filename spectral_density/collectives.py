@@ -6,8 +6,9 @@ with zeros); device ``i`` of the mesh holds slice ``i`` of every vector. Dot
 products are a local dot plus a `psum`; a product ``H v`` gathers ``v``, sums
 this device's batches and `psum_scatter`s the result back into slices.
 
-All functions but `mesh`, `sharding` and `replicate` run inside `shard_map` (or
-`pmap`) over the axis `AXIS`.
+`local_slice`, `gather`, `scatter_sum` and `psum` run inside `shard_map` (or
+`pmap`) over the axis `AXIS`; the rest build meshes, layouts and block
+functions.
 """
 
 import jax
@@ -40,6 +41,8 @@ def replicate(tree, devices):
   def put(x):
     if isinstance(x, jax.Array) and x.sharding == target:
       return x
+    if jax.process_count() == 1:  # device to device where it can
+      return jax.device_put(x, target)
     return jax.make_array_from_process_local_data(target, np.asarray(x))
   return jax.tree.map(put, tree)
 
@@ -82,3 +85,14 @@ def scatter_sum(x, num_shards):
 
 def psum(x):
   return jax.lax.psum(x, AXIS)
+
+
+def on_blocks(fn, num_split):
+  """`fn` for `shard_map` blocks: its first `num_split` arguments and all its
+  outputs are split over `AXIS`, so each device sees a leading ``[1]`` axis,
+  which this strips from those arguments and restores on the outputs."""
+  def body(*args):
+    split = jax.tree.map(lambda x: x[0], args[:num_split])
+    out = fn(*split, *args[num_split:])
+    return jax.tree.map(lambda x: x[None], out)
+  return body

@@ -255,14 +255,6 @@ def _executor(matvec):
   return lambda program, *args: _run_jit(program, tree, *args)
 
 
-def _local_blocks(fn):
-  """`fn` on `shard_map` blocks: strips and restores the leading [1] axis."""
-  def body(*args):
-    out = fn(*jax.tree.map(lambda x: x[0], args))
-    return jax.tree.map(lambda x: x[None], out)
-  return body
-
-
 @functools.lru_cache(maxsize=None)
 def _sharded_function_runner(devices):
   """``run(program, dim, matvec, sharded_args, replicated_args)`` for a plain
@@ -278,7 +270,8 @@ def _sharded_function_runner(devices):
         return collectives.local_slice(w, num_shards)
       return program(reduce, *sharded_args, *replicated_args)
     return jax.shard_map(
-        _local_blocks(body), mesh=collectives.mesh(devices), in_specs=spec,
+        collectives.on_blocks(body, 1), mesh=collectives.mesh(devices),
+        in_specs=spec,
         out_specs=spec, check_vma=False)(sharded_args)
   return jax.jit(run, static_argnums=(0, 1))
 
@@ -306,6 +299,33 @@ def _host_step_fns(config):
   return record, update
 
 
+@functools.lru_cache(maxsize=None)
+def _sharded_host_step_fns(config, devices):
+  """``(record, gather, update)`` for a host loop over split states: the
+  products come from outside (a streamed operator) as whole vectors."""
+  mesh = collectives.mesh(devices)
+  split, whole = PartitionSpec(collectives.AXIS), PartitionSpec()
+
+  def record(states, i):
+    return jax.vmap(_record, in_axes=(0, None))(states, i)
+
+  def gather(v):  # [1, k, dim_local] -> [k, dim] on every device
+    return collectives.gather(v[0], config.dim)
+
+  def update(states, i, w):  # w: [k, dim] on every device
+    w = collectives.local_slice(w, config.num_shards)
+    return jax.vmap(_update, in_axes=(0, None, 0, None, None, None))(
+        states, i, w, config.tol, config.reorth_passes, True)
+
+  def compiled(fn, in_specs, out_specs):
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
+                                 out_specs=out_specs, check_vma=False))
+  return (compiled(collectives.on_blocks(record, 1), (split, whole), split),
+          compiled(gather, split, whole),
+          compiled(collectives.on_blocks(update, 1), (split, whole, whole),
+                   split))
+
+
 class _Segments:
   """Runs the Lanczos steps in segments: the products either inside compiled
   segments (`execute`) or from a host loop (`matvec` on host-placed states).
@@ -325,7 +345,10 @@ class _Segments:
     self.state_device = state_device
     self.sharded = config.num_shards > 1
     if self.sharded:
-      self.devices, execute = _sharded_layout(matvec, config.dim)
+      # A host loop (streamed products) runs only init and finish compiled,
+      # with no product inside: over all devices, as for a function.
+      self.devices, execute = _sharded_layout(
+          _no_matvec if host_loop else matvec, config.dim)
       self.execute = lambda program, states, *args: execute(
           program, () if states is None else (states,), args)
     elif host_loop:
@@ -368,7 +391,7 @@ class _Segments:
     return np.asarray(x)
 
   def init(self, keys):
-    if self.host_loop:
+    if self.host_loop and not self.sharded:
       return jax.device_put(self._jit(self.programs.init, keys),
                             self.state_device)
     return self.execute(self.programs.init, None, keys)
@@ -376,8 +399,17 @@ class _Segments:
   def run(self, states, start, stop):
     if not self.host_loop:
       return self.execute(self.programs.segment, states, start, stop)
-    record, update = _host_step_fns(self.config)
     mv_dtype = jnp.dtype(self.config.matvec_dtype)
+    if self.sharded:
+      record, gather, update = _sharded_host_step_fns(self.config,
+                                                      self.devices)
+      for i in range(start, stop):
+        states = record(states, i)
+        v = gather(states.v).addressable_data(0)  # [k, dim], one device
+        w = self.matvec(v.astype(mv_dtype))
+        states = update(states, i, collectives.replicate(w, self.devices))
+      return states
+    record, update = _host_step_fns(self.config)
     for i in range(start, stop):
       states = record(states, i)
       w = self.matvec(states.v.astype(mv_dtype))
@@ -385,7 +417,7 @@ class _Segments:
     return states
 
   def finish(self, states):
-    if self.host_loop:
+    if self.host_loop and not self.sharded:
       return self._jit(self.programs.finish, states)
     return self.execute(self.programs.finish, states)
 
@@ -494,9 +526,10 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     start: ``'gaussian'`` (normalised, the paper's) or ``'rademacher'``.
     basis: where the Lanczos basis lives, for full reorthogonalisation:
       ``'device'`` (with the products: one compiled program), ``'sharded'``
-      (split over the operator's devices, or all devices for a function:
-      each holds ``1 / num_devices`` of every vector, inner products by
-      `psum`; one compiled program; falls back to 'device' on one device),
+      (split over the operator's devices, or all devices for a function or a
+      streamed operator: each holds ``1 / num_devices`` of every vector,
+      inner products by `psum`; one compiled program except for streamed
+      operators; the same as 'device' on one device),
       ``'host'`` (host memory; the device holds only the vectors of one
       product, the recurrence runs on the host CPU), or ``'none'`` (no basis, no
       reorthogonalisation: three vectors; loses orthogonality, so converged
@@ -544,13 +577,9 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     tol = 10 * float(jnp.finfo(mv_dtype).eps)
   traceable = getattr(matvec, 'traceable', True)
   num_shards = 1
-  if basis == 'sharded':
-    if not traceable:
-      raise ValueError(
-          "basis='sharded' needs the products inside the compiled program: "
-          "a function or an operator over a device-resident dataset; for "
-          "streamed batches use basis='host'.")
-    num_shards = len(getattr(matvec, 'devices', None) or jax.devices())
+  if basis == 'sharded':  # a streamed operator: over all devices
+    num_shards = len((traceable and getattr(matvec, 'devices', None)) or
+                     jax.devices())
   config = _Config(dim, order, jnp.dtype(dtype).name, jnp.dtype(mv_dtype).name,
                    start, basis != 'none', int(reorth_passes),
                    bool(keep_vecs), float(tol), num_shards)

@@ -157,11 +157,9 @@ def _split_vector_runner(devices):
         return total
       return program(reduce, *sharded_args, *replicated_args)
 
-    def blocks(data, weights, sharded_args):
-      out = body(*jax.tree.map(lambda x: x[0], (data, weights, sharded_args)))
-      return jax.tree.map(lambda x: x[None], out)
     return jax.shard_map(
-        blocks, mesh=collectives.mesh(devices), in_specs=split,
+        collectives.on_blocks(body, 3), mesh=collectives.mesh(devices),
+        in_specs=split,
         out_specs=split, check_vma=False)(data, weights, sharded_args)
   return jax.jit(run, static_argnums=(0, 1, 2))
 

@@ -1,13 +1,13 @@
 """One process of a multi-process run (started by test_multihost.py).
 
   python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR DEVICES \
-      MODE
+      DATA BASIS
 
 Each process has DEVICES CPU devices; together they run the same Lanczos run as one
 process would, on the batch-norm conv net of toy_problems, with checkpoints.
-MODE: 'device' or 'sharded' (the basis; every process passes the whole data
-set as arrays and reads its own shard), or 'stream' (each process streams its
-own contiguous share of the batches of 10; basis on the host).
+DATA: 'arrays' (every process passes the whole data set as arrays and reads
+its own shard) or 'stream' (each process streams its own contiguous share of
+the batches of 10). BASIS: the `lanczos_draws` basis.
 Process 0 writes the tridiagonal to OUT_DIR/tridiag.npy.
 """
 
@@ -33,20 +33,20 @@ def stream_share(data, batch_size=10):
   return batches[len(batches) * p // count:len(batches) * (p + 1) // count]
 
 
-def main(port, num_processes, process_id, out_dir, mode):
+def main(port, num_processes, process_id, out_dir, data_mode, basis):
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}',
                              num_processes=num_processes,
                              process_id=process_id)
   import spectral_density as sd  # pylint: disable=g-import-not-at-top
   import toy_problems as tp  # pylint: disable=g-import-not-at-top
   loss, params, data = tp.conv_bn_problem(53)
-  if mode == 'stream':
+  if data_mode == 'stream':
     hvp_fn, _, n = sd.get_hvp_fn(loss, params, stream_share(data))
   else:
     hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10)
   result = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0), num_draws=2,
                             precision='float64',
-                            basis='host' if mode == 'stream' else mode,
+                            basis=basis,
                             checkpoint_dir=os.path.join(out_dir, 'ckpt'),
                             checkpoint_every=5)
   grad = np.asarray(hvp_fn.gradient())
@@ -60,4 +60,4 @@ def main(port, num_processes, process_id, out_dir, mode):
 if __name__ == '__main__':
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
-       sys.argv[6])
+       sys.argv[6], sys.argv[7])
