@@ -6,8 +6,9 @@
 Each process has DEVICES CPU devices; together they run the same Lanczos run as one
 process would, on the batch-norm conv net of toy_problems, with checkpoints.
 DATA: 'arrays' (every process passes the whole data set as arrays and reads
-its own shard) or 'stream' (each process streams its own contiguous share of
-the batches of 10). BASIS: the `lanczos_draws` basis.
+its own shard), 'stream' (each process streams its own contiguous share of
+the batches of 10) or 'stream-first' (process 0 streams them all, the others
+none). BASIS: the `lanczos_draws` basis.
 Process 0 writes the tridiagonal to OUT_DIR/tridiag.npy.
 """
 
@@ -24,12 +25,14 @@ jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 jax.config.update('jax_enable_x64', True)
 
 
-def stream_share(data, batch_size=10):
+def stream_share(data, all_on_first=False, batch_size=10):
   """This process's contiguous share of the batches of `batch_size`."""
   n = len(data['y'])
   batches = [jax.tree.map(lambda x, i=i: x[i:i + batch_size], data)
              for i in range(0, n, batch_size)]
   p, count = jax.process_index(), jax.process_count()
+  if all_on_first:
+    return batches if p == 0 else []
   return batches[len(batches) * p // count:len(batches) * (p + 1) // count]
 
 
@@ -40,8 +43,9 @@ def main(port, num_processes, process_id, out_dir, data_mode, basis):
   import spectral_density as sd  # pylint: disable=g-import-not-at-top
   import toy_problems as tp  # pylint: disable=g-import-not-at-top
   loss, params, data = tp.conv_bn_problem(53)
-  if data_mode == 'stream':
-    hvp_fn, _, n = sd.get_hvp_fn(loss, params, stream_share(data))
+  if data_mode.startswith('stream'):
+    hvp_fn, _, n = sd.get_hvp_fn(
+        loss, params, stream_share(data, data_mode == 'stream-first'))
   else:
     hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10)
   result = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0), num_draws=2,

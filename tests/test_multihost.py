@@ -26,12 +26,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_processes(num_processes, devices_each, out_dir, data, basis):
+def _run_processes(num_processes, devices_each, out_dir, feed, basis):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), str(port), str(num_processes), str(i),
-       str(out_dir), str(devices_each), data, basis],
+       str(out_dir), str(devices_each), feed, basis],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(num_processes)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -49,15 +49,17 @@ def one_process():
     return result.tridiag, np.asarray(hvp_fn.gradient())
 
 
-@pytest.mark.parametrize('num_processes,devices_each,data,basis', [
+@pytest.mark.parametrize('num_processes,devices_each,feed,basis', [
     (2, 2, 'arrays', 'device'), (4, 1, 'arrays', 'device'),
     (2, 2, 'arrays', 'sharded'), (2, 2, 'stream', 'host'),
     (4, 1, 'stream', 'host'),
+    # Process 1 has no batches: it adds zeros and still joins every psum.
+    (2, 2, 'stream-first', 'host'),
     # All 8 devices, as this process has: it resumes from the slices.
     (2, 4, 'stream', 'sharded')])
 def test_processes_give_the_one_process_tridiagonal(
-    one_process, tmp_path, num_processes, devices_each, data, basis):
-  _run_processes(num_processes, devices_each, tmp_path, data, basis)
+    one_process, tmp_path, num_processes, devices_each, feed, basis):
+  _run_processes(num_processes, devices_each, tmp_path, feed, basis)
   tridiag, grad = one_process
   np.testing.assert_allclose(np.load(tmp_path / 'tridiag.npy'), tridiag,
                              rtol=1e-5, atol=1e-9)
@@ -71,7 +73,7 @@ def test_processes_give_the_one_process_tridiagonal(
   with jax.enable_x64(True):
     loss, params, data = tp.conv_bn_problem(53)
     nan_loss = lambda p, b: loss(p, b) * np.nan
-    if data == 'stream':
+    if feed.startswith('stream'):
       batches = [jax.tree.map(lambda x, i=i: x[i:i + 10], data)
                  for i in range(0, 53, 10)]
       hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params, batches)
