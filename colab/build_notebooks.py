@@ -647,6 +647,12 @@ YOUR_MODEL = [
     devices, so neither does the result. On a multi-host TPU pod every host
     runs the same call with the same arrays (or memory maps of them) and reads
     only its own devices' batches.
+
+    The Lanczos basis (`order` vectors as long as the parameters) is the
+    largest thing a run keeps. By default every device holds all of it;
+    `basis='sharded'` gives each device a slice of every vector instead, so
+    that D devices hold 1/D of it each, and inner products add the slices
+    with a `psum`.
     '''),
     code('''
     devices = jax.local_devices()
@@ -659,6 +665,15 @@ YOUR_MODEL = [
     print(f'top 5, {len(devices)} devices:', eval_mode.top_eigenvalues(5))
     print('top 5, 1 device: ', one_device.top_eigenvalues(5))
     print(f'largest difference / lambda_max: {devices_difference:.1e}')
+
+    split = sd.hessian_spectrum(eval_mode_loss, cnn_params, data,
+                                batch_size=BATCH_SIZE, order=ORDER,
+                                num_draws=NUM_DRAWS, rng_key=key,
+                                basis='sharded')
+    sharded_difference = relative_difference(eval_mode, split)
+    print(f'top 5, basis split over {len(devices)} devices:',
+          split.top_eigenvalues(5))
+    print(f'largest difference / lambda_max: {sharded_difference:.1e}')
     '''),
     md('''
     ## 5. Hessian, Gauss-Newton and empirical Fisher
@@ -770,6 +785,7 @@ YOUR_MODEL = [
                           'eval mode': eval_mode.lambda_max},
         'stream_difference': stream_difference,
         'devices_difference': devices_difference,
+        'sharded_difference': sharded_difference,
         'lambda_min': {k: v.lambda_min for k, v in by_curvature.items()},
         'lambda_max': {k: v.lambda_max for k, v in by_curvature.items()},
         'ritz_residuals': residuals.tolist(),

@@ -126,6 +126,7 @@ def test_your_model_paths_agree(monkeypatch):
   # float32 sums.
   assert summary['stream_difference'] < 1e-4
   assert summary['devices_difference'] < 1e-4
+  assert summary['sharded_difference'] < 1e-4
   lambda_max, lambda_min = summary['lambda_max'], summary['lambda_min']
   for name in ('Gauss-Newton', 'empirical Fisher'):
     assert lambda_min[name] > -1e-4 * lambda_max[name]  # positive semi-definite
