@@ -367,14 +367,20 @@ class _Segments:
     """Shapes, dtypes and shardings of the states (None: saved as numpy)."""
     if not self.sharded:
       return None
-    c = self.config
-    size = collectives.slice_size(c.dim, c.num_shards)
-    shapes = jax.eval_shape(jax.vmap(lambda k: _init(
-        k, size, c.order, jnp.dtype(c.dtype), c.start, c.reorthogonalize)),
-                            jax.random.split(jax.random.key(0), num_draws))
     sharding = collectives.sharding(self.devices)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-        (c.num_shards,) + s.shape, s.dtype, sharding=sharding), shapes)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        saved_shapes(self.config, num_draws))
+
+  def from_whole(self, states):
+    """Host states with whole vectors (`whole_states`), in this run's layout
+    and place."""
+    if not self.sharded:
+      return self.place(jax.tree.map(np.asarray, states))
+    sharding = collectives.sharding(self.devices)
+    split = _split_states(states, self.config.num_shards)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        x.shape, sharding, lambda index: x[index]), split)
 
   def place(self, states):
     """States restored from a checkpoint, where this run keeps them."""
@@ -439,6 +445,54 @@ class _Segments:
       vecs = vecs[..., :self.config.dim]
     return (self.replica(tridiag), vecs, self.replica(num_steps),
             self.replica(bad))
+
+
+_VECTOR_FIELDS = ('basis', 'v_prev', 'v')  # the last axis runs over dim
+
+
+def saved_shapes(config, num_draws):
+  """`_State` of `jax.ShapeDtypeStruct`: a run's states as saved, split
+  (``[num_shards, num_draws, ..., dim_local]``) or not."""
+  size = collectives.slice_size(config.dim, config.num_shards)
+  shapes = jax.eval_shape(jax.vmap(lambda k: _init(
+      k, size, config.order, jnp.dtype(config.dtype), config.start,
+      config.reorthogonalize)), jax.random.split(jax.random.key(0), num_draws))
+  lead = (config.num_shards,) if config.num_shards > 1 else ()
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(lead + s.shape, s.dtype),
+                      shapes)
+
+
+def whole_states(states, num_shards, dim):
+  """Host states saved with `num_shards` slices, with whole vectors: vector
+  fields ``[num_draws, ..., dim]``, the rest ``[num_draws, ...]``."""
+  if num_shards == 1:
+    return states
+  fields = {}
+  for name, x in states._asdict().items():
+    x = np.asarray(x)
+    if name in _VECTOR_FIELDS:  # [S, k, ..., size] -> [k, ..., S * size]
+      x = np.moveaxis(x, 0, -2)
+      x = x.reshape(x.shape[:-2] + (-1,))[..., :dim]
+    else:  # every device holds the same copy
+      x = x[0]
+    fields[name] = x
+  return _State(**fields)
+
+
+def _split_states(states, num_shards):
+  """The inverse of `whole_states`: ``[S, k, ..., size]`` host arrays."""
+  fields = {}
+  for name, x in states._asdict().items():
+    x = np.asarray(x)
+    if name in _VECTOR_FIELDS:
+      size = collectives.slice_size(x.shape[-1], num_shards)
+      pad = size * num_shards - x.shape[-1]
+      x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+      x = np.moveaxis(x.reshape(x.shape[:-1] + (num_shards, size)), -2, 0)
+    else:
+      x = np.broadcast_to(x, (num_shards,) + x.shape)
+    fields[name] = x
+  return _State(**fields)
 
 
 def _no_matvec(v):

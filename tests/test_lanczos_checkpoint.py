@@ -179,3 +179,32 @@ def test_progress_reports_steps_timing_and_ritz_values(capsys):
                    progress=True)
   line = capsys.readouterr().err.strip().split('\r')[-1]
   assert line.startswith('Lanczos draws 0-0: step 20/20') and 'Ritz' in line
+
+
+@pytest.mark.parametrize('first,then', [
+    (('sharded', 8), ('sharded', 3)), (('device', 8), ('sharded', 8)),
+    (('sharded', 8), ('host', 8))])
+def test_checkpoint_resumes_on_another_device_count(tmp_path, first, then):
+  """A run killed on one topology resumes on another: the saved slices are
+  reassembled and split the new way."""
+  loss, params, data = tp.conv_bn_problem(53)
+  def run(layout, **kwargs):
+    basis, count = layout
+    hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10,
+                                 devices=jax.devices()[:count])
+    return sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0), num_draws=2,
+                            precision='float64', basis=basis, keep_vecs=True,
+                            checkpoint_every=4, **kwargs)
+  reference = run(('device', 8))
+  def kill(info):
+    if info['step'] == 8:
+      raise Killed()
+  with pytest.raises(Killed):
+    run(first, checkpoint_dir=tmp_path, progress=kill)
+  resumed_steps = []
+  resumed = run(then, checkpoint_dir=tmp_path,
+                progress=lambda info: resumed_steps.append(info['step']))
+  assert resumed_steps == [12]  # it did resume, at step 8
+  np.testing.assert_allclose(resumed.tridiag, reference.tridiag, rtol=1e-10,
+                             atol=1e-12)
+  np.testing.assert_allclose(resumed.vecs, reference.vecs, atol=1e-10)
