@@ -293,6 +293,8 @@ class ResidentOperator(_Operator):
   ``program(reduce, *args)`` inside the pmapped program, where ``reduce(v)``
   maps ``[k, num_params] -> [k, num_params]``; `lanczos_alg` uses it to compile
   the whole Lanczos run, products included, into one program.
+  `run_sharded` does the same with vectors split over the devices
+  (``basis='sharded'``).
   """
 
   traceable = True
