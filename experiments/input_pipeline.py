@@ -69,7 +69,6 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 from PIL import Image
-import tensorflow_datasets as tfds
 
 EMBEDDED_FASHION_MNIST = (pathlib.Path(__file__).parent / 'data' /
                           'fashion_mnist_subset.npz')
@@ -309,13 +308,25 @@ class TfdsSource:
             'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
+def _tfds() -> Any:
+  """`tensorflow_datasets`, imported on first use: only 'tfds:' datasets need
+  it (the `tfds` extra), so the rest runs without it."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "'tfds:' datasets need tensorflow-datasets: pip install -e "
+        "'.[experiments,tfds]'") from e
+  return tfds
+
+
 def tfds_builder(name: str, data_dir: str | None) -> Any:
   """The builder of a TFDS dataset, which must be prepared in data_dir.
 
   Raises:
     FileNotFoundError: not prepared there (nothing is downloaded).
   """
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = _tfds().builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
         f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. '
@@ -566,8 +577,8 @@ def _load_tfds(cfg: Any) -> tuple[TfdsSource, TfdsSource, str, int, tuple]:
   splits = []
   for split, num in (('train', cfg.get('num_train')),
                      ('test', cfg.get('num_test'))):
-    source = tfds.data_source(name, split=split, data_dir=cfg.get('data_dir'),
-                              download=False)
+    source = _tfds().data_source(name, split=split,
+                                 data_dir=cfg.get('data_dir'), download=False)
     splits.append(TfdsSource(source, stored_size, channels, fixed_shape, num))
   return (*splits, name, builder.info.features['label'].num_classes,
           (input_size, input_size, channels))

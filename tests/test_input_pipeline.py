@@ -302,9 +302,10 @@ def fake_tfds(monkeypatch, image_shape, records, prepared=True):
       info=types.SimpleNamespace(features={
           'image': types.SimpleNamespace(shape=image_shape),
           'label': types.SimpleNamespace(num_classes=1000)}))
-  monkeypatch.setattr(ip.tfds, 'builder', lambda name, data_dir: builder)
-  monkeypatch.setattr(ip.tfds, 'data_source',
-                      lambda name, split, data_dir, download: records)
+  fake = types.SimpleNamespace(
+      builder=lambda name, data_dir: builder,
+      data_source=lambda name, split, data_dir, download: records)
+  monkeypatch.setattr(ip, '_tfds', lambda: fake)
 
 
 def test_tfds_dataset_must_be_prepared(monkeypatch):
