@@ -26,6 +26,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import spectral_density as sd  # pylint: disable=g-import-not-at-top
+from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
 from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
 
 ORDER = 90
@@ -62,9 +63,7 @@ def measured_bytes(mode, dim):
     lowered = runner.lower(programs.full, dim, matvec, (), (keys,))
   else:
     lowered = lanczos._run_jit.lower(programs.full, matvec, keys)  # pylint: disable=protected-access
-  mem = lowered.compile().memory_analysis()
-  return (mem.argument_size_in_bytes + mem.output_size_in_bytes +
-          mem.temp_size_in_bytes)
+  return benchmark.compiled_bytes(lowered.compile())
 
 
 def accuracy_rows():

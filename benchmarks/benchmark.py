@@ -53,10 +53,10 @@ def _peak_bytes(op, kind, v):
   args = (v[None],) if kind == 'product' else ()
   compiled = runner.lower(program, batch_fn, op.accum_dtype, op.params, data,
                           weights, rem_batch, rem_weight, args).compile()
-  return _program_bytes(compiled)
+  return compiled_bytes(compiled)
 
 
-def _program_bytes(compiled):
+def compiled_bytes(compiled):
   """XLA's estimate for a compiled program: arguments + outputs + temps."""
   mem = compiled.memory_analysis()
   mem = mem[0] if isinstance(mem, (list, tuple)) else mem
@@ -140,7 +140,7 @@ def streamed_rows(name, loss, params, data, batch_size, targets):
     batch_fn = operators.batch_function(op.curvature, op.loss_fn, kind)
     single = operators._stream_single_fn(batch_fn, op.accum_dtype)  # pylint: disable=protected-access
     compiled = single.lower(op.params, batches[0], 1.0, args).compile()
-    mem[kind] = _program_bytes(compiled)
+    mem[kind] = compiled_bytes(compiled)
   rows.append((name, 'peak memory H v, one batch (MB)', mem['product'] / 2**20,
                None))
   rows.append((name, 'peak memory gradient, one batch (MB)',

@@ -30,6 +30,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import spectral_density as sd  # pylint: disable=g-import-not-at-top
+from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
 from experiments import input_pipeline  # pylint: disable=g-import-not-at-top
 from spectral_density import collectives  # pylint: disable=g-import-not-at-top
 from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
@@ -60,13 +61,6 @@ def mlp_problem(num_examples, seed=0):
   return loss, params, data
 
 
-def _bytes(compiled):
-  mem = compiled.memory_analysis()
-  mem = mem[0] if isinstance(mem, (list, tuple)) else mem
-  return (mem.argument_size_in_bytes + mem.output_size_in_bytes +
-          mem.temp_size_in_bytes)
-
-
 def program_bytes(op, mode, order):
   """Per-device bytes of the program that holds the basis in `mode`."""
   batch_fn = operators.batch_function(op.curvature, op.loss_fn, 'product')
@@ -91,7 +85,7 @@ def program_bytes(op, mode, order):
     lowered = operators._sharded_runner(op.devices).lower(  # pylint: disable=protected-access
         operators._matvec_program, batch_fn, op.accum_dtype, op.params,  # pylint: disable=protected-access
         data, weights, rem_batch, rem_weight, (v,))
-  return _bytes(lowered.compile())
+  return benchmark.compiled_bytes(lowered.compile())
 
 
 def main():

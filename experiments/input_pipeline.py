@@ -420,6 +420,18 @@ def process_slice(num_examples: int, process_index: int,
                num_examples * (process_index + 1) // process_count)
 
 
+def hessian_batch_starts(num_examples: int, batch_size: int,
+                         process_index: int | None = None,
+                         process_count: int | None = None) -> range:
+  """First example of each Hessian batch this process streams: the batches
+  of `batch_size` consecutive examples, cut as in one process, and dealt to
+  the processes in contiguous shares (so the batch-norm statistics of
+  bn_mode='train' do not depend on the process count)."""
+  process_index, process_count = _process(process_index, process_count)
+  starts = range(0, num_examples, batch_size)
+  return starts[process_slice(len(starts), process_index, process_count)]
+
+
 def _process(process_index: int | None,
              process_count: int | None) -> tuple[int, int]:
   """(process_index, process_count), jax's where not given."""

@@ -282,14 +282,11 @@ class SpectrumProbe:
       size = input_pipeline.data_size(self._train)
       num = size if num is None else min(num, size)
       if self.config.stream:
-        # The batches are those of one process; with several, each streams
-        # its contiguous share of them (the operator adds the shares).
+        # With several processes each streams its share; the operator adds
+        # the shares.
         batch, train, info = self.config.batch_size, self._train, self._info
-        starts = range(0, num, batch)
-        mine = starts[input_pipeline.process_slice(
-            len(starts), jax.process_index(), jax.process_count())]
         def stream():
-          for start in mine:
+          for start in input_pipeline.hessian_batch_starts(num, batch):
             indices = np.arange(start, min(start + batch, num))
             yield input_pipeline.preprocess(
                 input_pipeline.take(train, indices), info)

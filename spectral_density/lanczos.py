@@ -440,9 +440,7 @@ class _Segments:
     if vecs is not None:
       if not vecs.is_fully_addressable:  # other processes hold some slices
         vecs = multihost_utils.process_allgather(vecs, tiled=True)
-      vecs = np.asarray(vecs)  # [num_shards, k, order, dim_local]
-      vecs = np.moveaxis(vecs, 0, 2).reshape(vecs.shape[1:3] + (-1,))
-      vecs = vecs[..., :self.config.dim]
+      vecs = _join_slices(vecs, self.config.dim)
     return (self.replica(tridiag), vecs, self.replica(num_steps),
             self.replica(bad))
 
@@ -462,6 +460,12 @@ def saved_shapes(config, num_draws):
                       shapes)
 
 
+def _join_slices(x, dim):
+  """``[S, k, ..., size]`` slices (host) -> ``[k, ..., dim]`` whole vectors."""
+  x = np.moveaxis(np.asarray(x), 0, -2)
+  return x.reshape(x.shape[:-2] + (-1,))[..., :dim]
+
+
 def whole_states(states, num_shards, dim):
   """Host states saved with `num_shards` slices, with whole vectors: vector
   fields ``[num_draws, ..., dim]``, the rest ``[num_draws, ...]``."""
@@ -470,9 +474,8 @@ def whole_states(states, num_shards, dim):
   fields = {}
   for name, x in states._asdict().items():
     x = np.asarray(x)
-    if name in _VECTOR_FIELDS:  # [S, k, ..., size] -> [k, ..., S * size]
-      x = np.moveaxis(x, 0, -2)
-      x = x.reshape(x.shape[:-2] + (-1,))[..., :dim]
+    if name in _VECTOR_FIELDS:
+      x = _join_slices(x, dim)
     else:  # every device holds the same copy
       x = x[0]
     fields[name] = x

@@ -27,9 +27,8 @@ jax.config.update('jax_enable_x64', True)
 
 def stream_share(data, all_on_first=False, batch_size=10):
   """This process's contiguous share of the batches of `batch_size`."""
-  n = len(data['y'])
-  batches = [jax.tree.map(lambda x, i=i: x[i:i + batch_size], data)
-             for i in range(0, n, batch_size)]
+  import toy_problems as tp  # pylint: disable=g-import-not-at-top
+  batches = tp.batches_of(data, batch_size)
   p, count = jax.process_index(), jax.process_count()
   if all_on_first:
     return batches if p == 0 else []

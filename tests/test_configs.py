@@ -150,7 +150,8 @@ def test_streamed_hessian_set_runs_on_several_processes():
   for basis in ('host', 'sharded'):
     config = parse(f'--config={path("resnet18_imagenet")}',
                    f'--config.hessian.basis={basis}')
-    default.validate(config, num_devices=8, num_processes=2)
+    checked = default.validate(config, num_devices=8, num_processes=2)
+    assert checked.hessian.stream and checked.hessian.basis == basis
 
 
 def test_mlp_with_batch_norm_is_rejected():

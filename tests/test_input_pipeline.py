@@ -244,6 +244,16 @@ def test_process_slices_partition_the_examples(num_examples, process_count):
   assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize('process_count', [1, 2, 3, 7])
+def test_hessian_batch_starts_deal_one_process_batches_to_processes(
+    process_count):
+  """The processes stream the batches one process would, each once."""
+  shares = [list(ip.hessian_batch_starts(53, 10, p, process_count))
+            for p in range(process_count)]
+  assert sum(shares, []) == [0, 10, 20, 30, 40, 50]
+  assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 def test_eval_batches_cover_every_example_once_in_equal_batch_counts():
   data = numbered(50)
   info = info_for((4, 4, 1))

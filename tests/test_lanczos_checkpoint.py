@@ -145,8 +145,7 @@ def test_sharded_basis_with_streamed_batches_resumes(tmp_path):
   """A streamed operator's products come whole from the host loop; the split
   basis is updated on the devices and checkpointed in slices."""
   loss, params, data = tp.conv_bn_problem(53)
-  batches = [jax.tree.map(lambda x, i=i: x[i:i + 10], data)
-             for i in range(0, 53, 10)]
+  batches = tp.batches_of(data, 10)
   streamed, _, n = sd.get_hvp_fn(loss, params, batches)
   resident, _, _ = sd.get_hvp_fn(loss, params, data, batch_size=10)
   reference = sd.lanczos_draws(resident, n, 12, jax.random.key(0),

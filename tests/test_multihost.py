@@ -74,9 +74,8 @@ def test_processes_give_the_one_process_tridiagonal(
     loss, params, data = tp.conv_bn_problem(53)
     nan_loss = lambda p, b: loss(p, b) * np.nan
     if feed.startswith('stream'):
-      batches = [jax.tree.map(lambda x, i=i: x[i:i + 10], data)
-                 for i in range(0, 53, 10)]
-      hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params, batches)
+      hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params,
+                                   tp.batches_of(data, 10))
     else:
       hvp_fn, _, n = sd.get_hvp_fn(
           nan_loss, params, data, batch_size=10,

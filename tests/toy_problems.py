@@ -14,6 +14,13 @@ def classification_data(num_examples, num_features, num_classes, seed=0):
   return {'x': x, 'y': y.astype(np.int32)}
 
 
+def batches_of(data, batch_size):
+  """Consecutive batches of a dict of arrays (the last one may be short)."""
+  n = len(next(iter(data.values())))
+  return [jax.tree.map(lambda x, i=i: x[i:i + batch_size], data)
+          for i in range(0, n, batch_size)]
+
+
 def cross_entropy(logits, labels):
   logp = jax.nn.log_softmax(logits)
   return -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
