@@ -45,7 +45,8 @@ def real_array(name, value, ndims, dtype=np.float64):
     name: the argument's name, for the message.
     value: anything `np.asarray` takes; ragged nesting is refused.
     ndims: allowed numbers of dimensions.
-    dtype: dtype of the returned array.
+    dtype: dtype of the returned array; None keeps a floating dtype and
+      makes integers float64.
 
   Returns:
     The numpy array.
@@ -62,7 +63,10 @@ def real_array(name, value, ndims, dtype=np.float64):
                      f'dimensions, got shape {array.shape}.')
   if array.size == 0:
     raise ValueError(f'{name}: is empty (shape {array.shape}).')
-  array = array.astype(dtype)
+  if dtype is None:
+    floating = np.issubdtype(array.dtype, np.floating)
+    dtype = array.dtype if floating else np.float64
+  array = array.astype(dtype, copy=False)
   if not np.all(np.isfinite(array)):
     raise ValueError(f'{name}: has non-finite values (NaN or inf).')
   return array
