@@ -122,6 +122,17 @@ def fisher_vp(per_example_loss, params, batch, v):
   return jax.linear_transpose(f_jvp, params)(jv / losses.shape[0])[0]
 
 
+def _ggn_pair(loss):
+  """``(model_fn, output_loss)``, or a ValueError saying what 'ggn' needs."""
+  if not (isinstance(loss, tuple) and len(loss) == 2 and
+          all(callable(f) for f in loss)):
+    raise ValueError(
+        "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss) "
+        'with model_fn(params, batch) -> outputs and output_loss(outputs, '
+        f'batch) -> scalar; got {type(loss).__name__}.')
+  return loss
+
+
 @functools.lru_cache(maxsize=None)
 def curvature_fns(curvature, loss):
   """The per-batch product and mean-loss functions of a curvature.
@@ -140,12 +151,7 @@ def curvature_fns(curvature, loss):
   if curvature == 'hessian':
     return functools.partial(hvp, loss), loss
   if curvature == 'ggn':
-    if not (isinstance(loss, tuple) and len(loss) == 2):
-      raise ValueError(
-          "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss) "
-          'with model_fn(params, batch) -> outputs and output_loss(outputs, '
-          f'batch) -> scalar; got {type(loss).__name__}.')
-    model_fn, output_loss = loss
+    model_fn, output_loss = _ggn_pair(loss)
     mean_loss = lambda p, b: output_loss(model_fn(p, b), b)
     return functools.partial(ggn_vp, model_fn, output_loss), mean_loss
   if curvature == 'fisher':
@@ -158,11 +164,12 @@ def curvature_fns(curvature, loss):
 def check_loss_output(curvature, loss, params, batch):
   """Raises ValueError naming `loss` when its output has the wrong shape."""
   if curvature == 'ggn':
-    model_fn, output_loss = loss
+    model_fn, output_loss = _ggn_pair(loss)
     out = jax.eval_shape(
         lambda p, b: output_loss(model_fn(p, b), b), params, batch)
     expected, what = (), 'output_loss(model_fn(params, batch), batch)'
   else:
+    _check_callable('loss', loss)
     out = jax.eval_shape(loss, params, batch)
     expected, what = ((), 'loss(params, batch)')
   if curvature == 'fisher':

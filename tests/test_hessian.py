@@ -141,6 +141,10 @@ def test_bad_inputs_name_the_argument():
        'loss'),
       (lambda: sd.hessian.curvature_fns('hess', tp.mlp_loss), ValueError,
        'curvature'),
+      (lambda: sd.get_hvp_fn(tp.mlp_loss, params, data, batch_size=5,
+                             curvature='ggn'), ValueError, 'loss'),
+      (lambda: sd.get_hvp_fn(tp.mlp_loss, params, data, batch_size=5,
+                             curvature='fisher'), ValueError, 'loss'),
   ]
   for call, error, name in cases:
     with pytest.raises(error, match=rf'^{name}\b'):
