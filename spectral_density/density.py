@@ -8,10 +8,66 @@ components of its eigenvectors. With ``f`` a Gaussian kernel of width
 ``phi_sigma(t) = (1/n) sum_j N(t; lambda_j, sigma^2)``; averaging over random
 start vectors makes it unbiased (Ghorbani et al., 2019, section 3).
 
-Host-side numpy: these run once per draw on ``[order, order]`` matrices.
+`tridiag_to_eigv` is one array program written for numpy and `jax.numpy`
+alike: host-side numpy (float64) on concrete input, `jax.numpy` when traced,
+so it composes with `jax.jit` and `jax.vmap`. The densities are host-side
+numpy, as in the original code.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from spectral_density import checks
+
+# The default grid reaches this many kernel widths beyond the outermost nodes:
+# the Gaussian mass beyond 6 sigma is 1e-9, so the normalisation on the grid
+# rescales nothing. (A fixed margin of 1e-2, the original's, cuts off half of
+# a wider kernel at the outermost nodes, and the normalisation then inflates
+# the whole density: twice the true value at an outer node with sigma = 1.)
+KERNEL_MARGIN = 6.0
+DEFAULT_SIGMA_SQUARED = 1e-5
+
+
+def _traced(x):
+  if isinstance(x, (list, tuple)):
+    return any(isinstance(t, jax.core.Tracer) for t in x)
+  return isinstance(x, jax.core.Tracer)
+
+
+def _check_tridiag(value, name='tridiag_list'):
+  """A concrete ``[num_draws, order, order]`` symmetric tridiagonal stack."""
+  tridiag = checks.real_array(name, value, (2, 3))
+  tridiag = tridiag[None] if tridiag.ndim == 2 else tridiag
+  if tridiag.shape[1] != tridiag.shape[2]:
+    raise ValueError(f'{name}: each matrix must be square [order, order], '
+                     f'got shape {tridiag.shape}.')
+  scale = np.abs(tridiag).max()
+  if np.abs(tridiag - tridiag.transpose(0, 2, 1)).max() > 1e-6 * scale:
+    raise ValueError(f'{name}: must be symmetric.')
+  band = np.abs(np.subtract.outer(*(2 * [np.arange(tridiag.shape[1])]))) > 1
+  if np.any(tridiag[:, band] != 0):
+    raise ValueError(f'{name}: must be tridiagonal (entries off the three '
+                     'central diagonals are not zero).')
+  return tridiag
+
+
+def _check_traced_tridiag(value, name='tridiag_list'):
+  tridiag = jnp.stack(value) if isinstance(value, (list, tuple)) else value
+  tridiag = jnp.asarray(tridiag)
+  if not jnp.issubdtype(tridiag.dtype, jnp.floating):
+    tridiag = tridiag.astype(jnp.result_type(float))
+  if tridiag.ndim not in (2, 3) or tridiag.shape[-1] != tridiag.shape[-2]:
+    raise ValueError(f'{name}: must be [order, order] or [num_draws, order, '
+                     f'order], got shape {tridiag.shape}.')
+  return tridiag[None] if tridiag.ndim == 2 else tridiag
+
+
+def _valid_steps(xp, tridiag):
+  """``[num_draws]``: the first zero off-diagonal ends the Krylov space."""
+  order = tridiag.shape[-1]
+  zero = xp.diagonal(tridiag, offset=1, axis1=1, axis2=2) == 0
+  return xp.where(zero.any(axis=1), zero.argmax(axis=1) + 1, order)
 
 
 def num_valid_steps(tridiag):
@@ -26,12 +82,30 @@ def num_valid_steps(tridiag):
   Returns:
     int array ``[num_draws]``.
   """
-  tridiag = np.asarray(tridiag)
-  tridiag = tridiag[None] if tridiag.ndim == 2 else tridiag
-  off = np.diagonal(tridiag, offset=1, axis1=1, axis2=2)
-  zero = off == 0
-  first = np.where(zero.any(axis=1), zero.argmax(axis=1) + 1, tridiag.shape[1])
-  return first.astype(np.int64)
+  return _valid_steps(np, _check_tridiag(tridiag, 'tridiag')).astype(np.int64)
+
+
+def _golub_welsch(xp, tridiag):
+  """Nodes, weights ``[d, m]`` and eigenvectors ``[d, m, m]`` of ``[d, m, m]``.
+
+  After a breakdown at step ``k`` only the leading ``k x k`` block belongs to
+  the Krylov space. With static shapes (under `jit`) it cannot be cut out, so
+  the trailing block is replaced by a diagonal above the leading block's
+  spectrum (Gershgorin: ``|theta| <= 3 max |T|``): one batched `eigh` then
+  returns the leading block's nodes first, uncoupled from the rest, and the
+  rest is masked to node 0, weight 0.
+  """
+  order = tridiag.shape[-1]
+  idx = xp.arange(order)
+  valid = idx[None, :] < _valid_steps(xp, tridiag)[:, None]          # [d, m]
+  block = valid[:, :, None] & valid[:, None, :]                      # [d, m, m]
+  bound = 3 * xp.abs(tridiag).max(axis=(1, 2)) + 1                   # [d]
+  pad = xp.where(valid, 0, bound[:, None] * (2 + idx[None, :]))      # [d, m]
+  shifted = xp.where(block, tridiag, 0) + pad[:, :, None] * xp.eye(order)
+  vals, vecs = xp.linalg.eigh(shifted)
+  nodes = xp.where(valid, vals, 0)
+  weights = xp.where(valid, vecs[:, 0, :] ** 2, 0)
+  return nodes, weights, xp.where(block, vecs, 0)
 
 
 def tridiag_to_eigv(tridiag_list, *, return_vectors=False):
@@ -39,63 +113,60 @@ def tridiag_to_eigv(tridiag_list, *, return_vectors=False):
 
   Same name as the original `density.tridiag_to_eigv`. After a breakdown only
   the valid leading block is used; the remaining slots get weight 0 and the
-  node value 0.
+  node value 0. Works inside `jax.jit` and `jax.vmap` (then in the input's
+  dtype, and without the finiteness and structure checks, which need values).
 
   Args:
-    tridiag_list: ``[num_draws, order, order]`` (or one ``[order, order]``).
+    tridiag_list: ``[num_draws, order, order]``, one ``[order, order]``, or a
+      list of ``[order, order]`` (the original's form).
     return_vectors: also return the eigenvectors of each tridiagonal.
 
   Returns:
     ``(nodes, weights)``, each ``[num_draws, order]``, nodes ascending within
     the valid block, weights summing to 1 per draw; with `return_vectors`,
     also ``[num_draws, order, order]`` eigenvector matrices (columns, zero
-    outside the valid block).
+    outside the valid block). numpy float64 on concrete input, jax arrays
+    when traced.
+
+  Raises:
+    ValueError: `tridiag_list` is ragged, not square, not symmetric, not
+      tridiagonal, empty or not finite.
+    TypeError: `tridiag_list` is not a real array.
   """
-  tridiag = np.asarray(tridiag_list, np.float64)
-  tridiag = tridiag[None] if tridiag.ndim == 2 else tridiag
-  num_draws, order, _ = tridiag.shape
-  steps = num_valid_steps(tridiag)
-  nodes = np.zeros((num_draws, order))
-  weights = np.zeros((num_draws, order))
-  vectors = np.zeros((num_draws, order, order))
-  for d in range(num_draws):
-    k = steps[d]
-    vals, vecs = np.linalg.eigh(tridiag[d, :k, :k])
-    nodes[d, :k] = vals
-    weights[d, :k] = vecs[0] ** 2
-    vectors[d, :k, :k] = vecs
-  if return_vectors:
-    return nodes, weights, vectors
-  return nodes, weights
+  return_vectors = checks.boolean('return_vectors', return_vectors)
+  if _traced(tridiag_list):
+    out = _golub_welsch(jnp, _check_traced_tridiag(tridiag_list))
+  else:
+    out = _golub_welsch(np, _check_tridiag(tridiag_list))
+  return out if return_vectors else out[:2]
 
 
-def gaussian_kernel(x, centers, sigma):
+def _gaussian_kernel(x, centers, sigma):
   """``N(x; centers, sigma^2)`` for all pairs: ``[len(x), len(centers)]``."""
-  x = np.asarray(x, np.float64)[:, None]
-  c = np.asarray(centers, np.float64)[None, :]
-  return np.exp(-0.5 * ((x - c) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+  z = (x[:, None] - centers[None, :]) / sigma
+  return np.exp(-0.5 * z ** 2) / (sigma * np.sqrt(2 * np.pi))
 
 
-def default_grid(nodes, weights, grid_len=10000, grid_expand=1e-2):
-  """A grid over the nodes' range (weighted nodes only), expanded on both sides.
+def _node_range(nodes, weights, per_draw_mean):
+  """``(low, high)`` of the weighted nodes: over all draws, or (the original's
+  convention) the mean over draws of each draw's extremes."""
+  low = np.where(weights > 0, nodes, np.inf).min(axis=1)
+  high = np.where(weights > 0, nodes, -np.inf).max(axis=1)
+  if per_draw_mean:
+    return float(low.mean()), float(high.mean())
+  return float(low.min()), float(high.max())
 
-  Args:
-    nodes, weights: ``[num_draws, order]``.
-    grid_len: number of grid points.
-    grid_expand: added below the smallest and above the largest node, as in
-      the original code.
 
-  Returns:
-    ``[grid_len]`` grid.
-  """
-  nodes, weights = np.atleast_2d(nodes), np.atleast_2d(weights)
-  used = nodes[weights > 0] if np.any(weights > 0) else nodes.ravel()
-  return np.linspace(used.min() - grid_expand, used.max() + grid_expand,
-                     grid_len)
+def _check_grids(grids, normalize):
+  grids = checks.real_array('grids', grids, (1,))
+  if normalize and (grids.size < 2 or np.any(np.diff(grids) <= 0)):
+    raise ValueError('grids: normalize=True needs at least 2 strictly '
+                     'increasing points (the integral is taken over them).')
+  return grids
 
 
 def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
-                    sigma_squared=None, grid_len=10000, grid_expand=1e-2,
+                    sigma_squared=None, grid_len=10000, grid_expand=None,
                     normalize=True, chunk=2048):
   """Smoothed spectral density on a grid, averaged over draws.
 
@@ -105,62 +176,101 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
 
   * `sigma`: its standard deviation, in eigenvalue units;
   * `sigma_squared`: the original code's convention, a variance scaled by the
-    range: ``variance = sigma_squared * max(1, lambda_max - lambda_min)``;
+    spread of the nodes: ``variance = sigma_squared * max(1, width)``;
   * neither: the original default ``sigma_squared = 1e-5``.
 
+  The default grid spans the weighted nodes plus `KERNEL_MARGIN` (6) kernel
+  widths on each side, so that it holds the whole kernel of the outermost
+  nodes. `grid_expand` gives the original's convention instead: the grid
+  spans the mean over draws of each draw's smallest and largest node, minus
+  and plus `grid_expand` (the original used 1e-2), and ``width`` is that
+  grid's span; otherwise ``width`` is the spread of the nodes.
+
   Args:
-    eig_vals: nodes ``[num_draws, order]``.
-    all_weights: weights ``[num_draws, order]``; default uniform.
-    grids: evaluation points ``[grid_len]``; default `default_grid`.
+    eig_vals: nodes ``[num_draws, order]`` (or ``[order]``).
+    all_weights: weights ``[num_draws, order]``, non-negative with a positive
+      sum per draw; default uniform.
+    grids: evaluation points ``[grid_len]``; default as above.
     sigma: kernel standard deviation.
     sigma_squared: range-scaled kernel variance (original convention).
     grid_len: grid size when `grids` is None.
-    grid_expand: grid margin when `grids` is None.
+    grid_expand: None, or the original's fixed grid margin (see above).
     normalize: rescale so that the trapezoid integral over the grid is 1 (as
       the original). Off, the density is exact and integrates to 1 over R.
     chunk: grid points evaluated at once (bounds memory).
 
   Returns:
     ``(density [grid_len], grids [grid_len])``.
+
+  Raises:
+    ValueError, TypeError: naming the bad argument.
   """
-  if sigma is not None and sigma_squared is not None:
-    raise ValueError('give one of sigma and sigma_squared, not both.')
-  nodes = np.atleast_2d(np.asarray(eig_vals, np.float64))
+  nodes = np.atleast_2d(checks.real_array('eig_vals', eig_vals, (1, 2)))
   if all_weights is None:
-    all_weights = np.full(nodes.shape, 1.0 / nodes.shape[1])
-  weights = np.atleast_2d(np.asarray(all_weights, np.float64))
+    weights = np.full(nodes.shape, 1.0 / nodes.shape[1])
+  else:
+    weights = np.atleast_2d(
+        checks.real_array('all_weights', all_weights, (1, 2)))
+    if weights.shape != nodes.shape:
+      raise ValueError(f'all_weights: shape {weights.shape} differs from '
+                       f'eig_vals\' {nodes.shape}.')
+    if np.any(weights < 0) or np.any(weights.sum(axis=1) <= 0):
+      raise ValueError('all_weights: must be >= 0 with a positive sum for '
+                       'every draw.')
+  if sigma is not None and sigma_squared is not None:
+    raise ValueError('sigma, sigma_squared: give one of them, not both.')
+  grid_len = checks.positive_int('grid_len', grid_len, minimum=2)
+  chunk = checks.positive_int('chunk', chunk)
+  normalize = checks.boolean('normalize', normalize)
+  if grid_expand is not None:
+    grid_expand = checks.positive_float('grid_expand', grid_expand,
+                                        allow_zero=True)
+  low, high = _node_range(nodes, weights, per_draw_mean=grid_expand is not None)
+  if grid_expand is not None:
+    low, high = low - grid_expand, high + grid_expand
+  if sigma is not None:
+    sigma = checks.positive_float('sigma', sigma)
+  else:
+    sigma_squared = checks.positive_float(
+        'sigma_squared',
+        DEFAULT_SIGMA_SQUARED if sigma_squared is None else sigma_squared)
+    sigma = np.sqrt(sigma_squared * max(1.0, high - low))
   if grids is None:
-    grids = default_grid(nodes, weights, grid_len, grid_expand)
-  grids = np.asarray(grids, np.float64)
-  if sigma is None:
-    used = nodes[weights > 0] if np.any(weights > 0) else nodes.ravel()
-    width = max(1.0, float(used.max() - used.min()))
-    sigma = np.sqrt((1e-5 if sigma_squared is None else sigma_squared) * width)
-  if not sigma > 0:
-    raise ValueError(f'sigma: must be > 0, got {sigma}.')
+    margin = 0.0 if grid_expand is not None else KERNEL_MARGIN * sigma
+    grids = np.linspace(low - margin, high + margin, grid_len)
+  grids = _check_grids(grids, normalize)
   flat_nodes = nodes.ravel()
   flat_weights = weights.ravel() / nodes.shape[0]
   keep = flat_weights > 0
   flat_nodes, flat_weights = flat_nodes[keep], flat_weights[keep]
   density = np.concatenate([
-      gaussian_kernel(grids[i:i + chunk], flat_nodes, sigma) @ flat_weights
+      _gaussian_kernel(grids[i:i + chunk], flat_nodes, sigma) @ flat_weights
       for i in range(0, grids.size, chunk)])
-  if normalize and grids.size > 1:
-    density = density / np.trapezoid(density, grids)
+  if normalize:
+    total = np.trapezoid(density, grids)
+    if not total > 0:
+      raise ValueError('grids: the density is 0 on the whole grid (the grid '
+                       'misses the nodes), so it cannot be normalised; pass '
+                       'normalize=False or a grid over the nodes.')
+    density = density / total
   return density, grids
 
 
-def tridiag_to_density(tridiag_list, sigma_squared=1e-5, grid_len=10000, *,
-                       sigma=None, grids=None, normalize=True):
+def tridiag_to_density(tridiag_list, sigma_squared=DEFAULT_SIGMA_SQUARED,
+                       grid_len=10000, *, sigma=None, grids=None,
+                       grid_expand=None, normalize=True):
   """Density straight from tridiagonals (the original's one call).
 
   Args:
-    tridiag_list: ``[num_draws, order, order]``.
+    tridiag_list: ``[num_draws, order, order]`` or a list of ``[order,
+      order]``.
     sigma_squared: range-scaled variance (original convention); ignored when
       `sigma` is given.
     grid_len: grid size.
     sigma: kernel standard deviation (overrides `sigma_squared`).
     grids: evaluation points.
+    grid_expand: None (a grid that holds the kernel), or the original's fixed
+      margin; see `eigv_to_density`.
     normalize: see `eigv_to_density`.
 
   Returns:
@@ -170,7 +280,7 @@ def tridiag_to_density(tridiag_list, sigma_squared=1e-5, grid_len=10000, *,
   return eigv_to_density(
       nodes, weights, grids, sigma=sigma,
       sigma_squared=None if sigma is not None else sigma_squared,
-      grid_len=grid_len, normalize=normalize)
+      grid_len=grid_len, grid_expand=grid_expand, normalize=normalize)
 
 
 def exact_density(eigenvalues, grids, sigma):
@@ -179,7 +289,8 @@ def exact_density(eigenvalues, grids, sigma):
   The reference SLQ estimates: ``(1/n) sum_j N(t; lambda_j, sigma^2)``, not
   renormalised.
   """
-  eigenvalues = np.ravel(np.asarray(eigenvalues, np.float64))
+  eigenvalues = checks.real_array('eigenvalues', eigenvalues, (1,))
+  grids = checks.real_array('grids', grids, (1,))
   weights = np.full((1, eigenvalues.size), 1.0 / eigenvalues.size)
   return eigv_to_density(eigenvalues[None], weights, grids, sigma=sigma,
                          normalize=False)[0]

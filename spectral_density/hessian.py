@@ -26,7 +26,28 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
+from spectral_density import checks
+
 CURVATURES = ('hessian', 'ggn', 'fisher')
+_NO_BATCH = object()  # `full_hessian(loss, params)`: the batch closed over
+
+
+def _check_callable(name, fn):
+  if not callable(fn):
+    raise TypeError(f'{name}: must be callable, got {type(fn).__name__}.')
+
+
+def _check_like_params(v, params):
+  """Raises ValueError naming `v` unless it has the structure and shapes of
+  `params` (static under `jit` and `vmap`, so it costs nothing there)."""
+  v_def, p_def = jax.tree.structure(v), jax.tree.structure(params)
+  if v_def != p_def:
+    raise ValueError(f'v: must have the tree structure of params, {p_def}; '
+                     f'got {v_def}.')
+  for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(params)):
+    if jnp.shape(a) != jnp.shape(b):
+      raise ValueError(f'v: leaf shape {jnp.shape(a)} differs from the '
+                       f'params leaf shape {jnp.shape(b)}.')
 
 
 def hvp(loss, params, batch, v):
@@ -43,6 +64,8 @@ def hvp(loss, params, batch, v):
   Returns:
     ``H v``, a pytree shaped like `params`.
   """
+  _check_callable('loss', loss)
+  _check_like_params(v, params)
   return jax.jvp(lambda p: jax.grad(loss)(p, batch), (params,), (v,))[1]
 
 
@@ -62,6 +85,9 @@ def ggn_vp(model_fn, output_loss, params, batch, v):
   Returns:
     ``G v``, a pytree shaped like `params`.
   """
+  _check_callable('model_fn', model_fn)
+  _check_callable('output_loss', output_loss)
+  _check_like_params(v, params)
   f = lambda p: model_fn(p, batch)
   outputs, f_jvp = jax.linearize(f, params)
   jv = f_jvp(v)
@@ -85,10 +111,26 @@ def fisher_vp(per_example_loss, params, batch, v):
   Returns:
     ``F v``, a pytree shaped like `params`.
   """
+  _check_callable('per_example_loss', per_example_loss)
+  _check_like_params(v, params)
   f = lambda p: per_example_loss(p, batch)
   losses, f_jvp = jax.linearize(f, params)
+  if losses.ndim != 1:
+    raise ValueError('per_example_loss: must return the per-example losses '
+                     f'[B], got shape {losses.shape}.')
   jv = f_jvp(v)
   return jax.linear_transpose(f_jvp, params)(jv / losses.shape[0])[0]
+
+
+def _ggn_pair(loss):
+  """``(model_fn, output_loss)``, or a ValueError saying what 'ggn' needs."""
+  if not (isinstance(loss, tuple) and len(loss) == 2 and
+          all(callable(f) for f in loss)):
+    raise ValueError(
+        "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss) "
+        'with model_fn(params, batch) -> outputs and output_loss(outputs, '
+        f'batch) -> scalar; got {type(loss).__name__}.')
+  return loss
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,27 +151,25 @@ def curvature_fns(curvature, loss):
   if curvature == 'hessian':
     return functools.partial(hvp, loss), loss
   if curvature == 'ggn':
-    if not (isinstance(loss, tuple) and len(loss) == 2):
-      raise ValueError(
-          "curvature='ggn' needs loss=(model_fn, output_loss), got "
-          f'{type(loss).__name__}.')
-    model_fn, output_loss = loss
+    model_fn, output_loss = _ggn_pair(loss)
     mean_loss = lambda p, b: output_loss(model_fn(p, b), b)
     return functools.partial(ggn_vp, model_fn, output_loss), mean_loss
   if curvature == 'fisher':
     mean_loss = lambda p, b: jnp.mean(loss(p, b))
     return functools.partial(fisher_vp, loss), mean_loss
-  raise ValueError(f'curvature must be one of {CURVATURES}, got {curvature!r}.')
+  raise ValueError(
+      f'curvature: must be one of {CURVATURES}, got {curvature!r}.')
 
 
 def check_loss_output(curvature, loss, params, batch):
   """Raises ValueError naming `loss` when its output has the wrong shape."""
   if curvature == 'ggn':
-    model_fn, output_loss = loss
+    model_fn, output_loss = _ggn_pair(loss)
     out = jax.eval_shape(
         lambda p, b: output_loss(model_fn(p, b), b), params, batch)
     expected, what = (), 'output_loss(model_fn(params, batch), batch)'
   else:
+    _check_callable('loss', loss)
     out = jax.eval_shape(loss, params, batch)
     expected, what = ((), 'loss(params, batch)')
   if curvature == 'fisher':
@@ -156,7 +196,14 @@ def dense_matrix(matvec, dim, *, chunk_size=256, dtype=None):
   Returns:
     numpy array ``[dim, dim]``; column ``j`` is ``matvec(e_j)``.
   """
+  _check_callable('matvec', matvec)
+  dim = checks.positive_int('dim', dim)
+  chunk_size = checks.positive_int('chunk_size', chunk_size)
   dtype = dtype or jnp.result_type(float)
+  out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((dim,), dtype))
+  if getattr(out, 'shape', None) != (dim,):
+    raise ValueError(f'matvec: must map [dim] = [{dim}] to [{dim}], got '
+                     f'{getattr(out, "shape", type(out).__name__)}.')
   block = jax.jit(jax.vmap(matvec))
   cols = []
   for start in range(0, dim, chunk_size):
@@ -167,26 +214,52 @@ def dense_matrix(matvec, dim, *, chunk_size=256, dtype=None):
   return np.concatenate(cols, axis=0).T
 
 
-def full_hessian(loss, params, batch, *, chunk_size=256):
+def full_hessian(loss, params, batch=_NO_BATCH, *, chunk_size=256):
   """The dense Hessian of `loss` at `params`, for small models.
 
-  Same name and arguments as the original `hessian_computation.full_hessian`.
-  Rows and columns follow `jax.flatten_util.ravel_pytree(params)`.
+  Both of the original's forms: `full_hessian(loss, params)` with
+  ``loss(params) -> scalar`` (the batch closed over, as in the original
+  `hessian_computation.full_hessian`), and `full_hessian(loss, params, batch)`
+  with ``loss(params, batch) -> scalar``. Rows and columns follow
+  `jax.flatten_util.ravel_pytree(params)`.
 
   Args:
-    loss: ``loss(params, batch) -> scalar``.
+    loss: ``loss(params) -> scalar`` or ``loss(params, batch) -> scalar``.
     params: pytree of arrays with `n` entries in all.
-    batch: any pytree.
+    batch: any pytree, or omitted.
     chunk_size: Hessian columns computed per compiled call.
 
   Returns:
     numpy array ``[n, n]`` in the dtype of the flattened params.
   """
+  _check_callable('loss', loss)
+  if batch is _NO_BATCH:
+    closed, batch = loss, None
+    loss = lambda p, _: closed(p)
   flat, unravel = ravel_pytree(params)
+  if flat.size == 0:
+    raise ValueError('params: has no entries.')
+  if not jnp.issubdtype(flat.dtype, jnp.floating):
+    raise TypeError(f'params: must be floating, got dtype {flat.dtype}.')
+  out = jax.eval_shape(loss, params, batch)
+  if getattr(out, 'shape', None) != ():
+    raise ValueError('loss: must return a scalar, got '
+                     f'{getattr(out, "shape", type(out).__name__)}.')
   def matvec(v):
     return ravel_pytree(hvp(loss, params, batch, unravel(v)))[0]
   return dense_matrix(matvec, flat.size, chunk_size=chunk_size,
                       dtype=flat.dtype)
+
+
+def _check_symmetric(matrix, rtol=1e-4, rows=1024):
+  """Refuses a matrix whose asymmetry is more than rounding (in row blocks,
+  so that a 2 GB Hessian needs no 2 GB temporary)."""
+  scale = np.abs(matrix).max()
+  for i in range(0, matrix.shape[0], rows):
+    gap = np.abs(matrix[i:i + rows] - matrix[:, i:i + rows].T).max()
+    if gap > rtol * scale:
+      raise ValueError(f'matrix: must be symmetric (|M - M^T| = {gap:.3g}, '
+                       f'max |M| = {scale:.3g}).')
 
 
 def exact_eigenvalues(matrix):
@@ -195,7 +268,10 @@ def exact_eigenvalues(matrix):
   The matrix is symmetrised first: a Hessian assembled from products is only
   symmetric up to rounding.
   """
-  matrix = np.asarray(matrix)
+  matrix = checks.real_array('matrix', matrix, (2,), dtype=None)
+  if matrix.shape[0] != matrix.shape[1]:
+    raise ValueError(f'matrix: must be square, got shape {matrix.shape}.')
+  _check_symmetric(matrix)
   # Contiguous input: LAPACK on a transposed view is several times slower.
   # scipy's syevd takes about half the CPU time of np.linalg.eigvalsh here
   # (float32, n = 3,000 to 8,000, OpenBLAS), with the same eigenvalues.

@@ -6,9 +6,12 @@ visible. Every function takes an optional `ax` and returns it, so figures
 compose in notebooks and scripts alike.
 """
 
+import collections.abc
+
 import matplotlib.pyplot as plt
 import numpy as np
 
+from spectral_density import checks
 from spectral_density import density as density_lib
 
 LOG_FLOOR = 1e-7
@@ -36,8 +39,14 @@ def plot_density(grid, density, *, ax=None, label=None, log=True,
   Returns:
     The axes.
   """
+  grid = checks.real_array('grid', grid, (1,))
+  density = checks.real_array('density', density, (1,))
+  if density.shape != grid.shape:
+    raise ValueError(f'density: shape {density.shape} differs from grid\'s '
+                     f'{grid.shape}.')
+  log = checks.boolean('log', log)
+  floor = checks.positive_float('floor', floor)
   ax = _axes(ax)
-  density = np.asarray(density)
   if log:
     density = np.maximum(density, floor)
     ax.set_yscale('log')
@@ -60,6 +69,9 @@ def plot_densities(curves, *, ax=None, log=True, floor=LOG_FLOOR):
   Returns:
     The axes.
   """
+  if not isinstance(curves, collections.abc.Mapping):
+    raise TypeError('curves: must be a mapping label -> (grid, density), got '
+                    f'{type(curves).__name__}.')
   ax = _axes(ax)
   for label, (grid, dens) in curves.items():
     plot_density(grid, dens, ax=ax, label=label, log=log, floor=floor)
@@ -80,8 +92,8 @@ def plot_exact_eigenvalues(eigenvalues, grid, sigma, *, ax=None, log=True,
   Returns:
     The axes.
   """
-  ax = _axes(ax)
   dens = density_lib.exact_density(eigenvalues, grid, sigma)
+  ax = _axes(ax)
   plot_density(grid, dens, ax=ax, label=label, log=log, floor=floor,
                color='black', linestyle='--', linewidth=1)
   if rug:
@@ -105,12 +117,15 @@ def plot_spectrum(result, *, grid=None, sigma=None, exact=None, ax=None,
   Returns:
     The axes.
   """
-  ax = _axes(ax)
+  if not callable(getattr(result, 'density', None)):
+    raise TypeError('result: must be a SpectrumResult, got '
+                    f'{type(result).__name__}.')
+  if exact is not None and sigma is None:
+    raise ValueError('sigma: give the kernel width to overlay the exact '
+                     'density with the same smoothing.')
   dens, grid = result.density(grid, sigma)
+  ax = _axes(ax)
   plot_density(grid, dens, ax=ax, label=label, log=log, floor=floor)
   if exact is not None:
-    if sigma is None:
-      raise ValueError('sigma: give the kernel width to overlay the exact '
-                       'density with the same smoothing.')
     plot_exact_eigenvalues(exact, grid, sigma, ax=ax, log=log, floor=floor)
   return ax

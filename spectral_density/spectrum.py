@@ -16,6 +16,7 @@ Estimators and why they are computed as they are:
 """
 
 import dataclasses
+import inspect
 import json
 from typing import Optional
 
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 from scipy import special
 
+from spectral_density import checks
 from spectral_density import density as density_lib
 from spectral_density import lanczos
 from spectral_density import operators
@@ -47,6 +49,22 @@ class SpectrumResult:
   dim: int
   vecs: Optional[np.ndarray] = None
 
+  def __post_init__(self):
+    self.dim = checks.positive_int('dim', self.dim)
+    self.tridiag = np.asarray(self.tridiag)
+    if self.tridiag.ndim != 3 or (self.tridiag.shape[1] !=
+                                  self.tridiag.shape[2]):
+      raise ValueError('tridiag: must be [num_draws, order, order], got shape '
+                       f'{self.tridiag.shape}.')
+    draws, order = self.tridiag.shape[:2]
+    for name, shape in (('nodes', (draws, order)), ('weights', (draws, order)),
+                        ('num_steps', (draws,))):
+      value = np.asarray(getattr(self, name))
+      if value.shape != shape:
+        raise ValueError(f'{name}: must have shape {shape} (from tridiag), '
+                         f'got {value.shape}.')
+      setattr(self, name, value)
+
   @classmethod
   def from_lanczos(cls, result, dim):
     """From a `lanczos.LanczosResult`."""
@@ -70,12 +88,16 @@ class SpectrumResult:
     return density_lib.eigv_to_density(self.nodes, self.weights, grid,
                                        sigma=sigma, **kwargs)
 
+  def _check_k(self, k, steps):
+    k = checks.positive_int('k', k)
+    if k > steps:
+      raise ValueError(f'k: must be in [1, {steps}] (valid Lanczos steps), '
+                       f'got {k}.')
+    return k
+
   def top_eigenvalues(self, k):
     """``[k]`` estimates of the k largest eigenvalues, descending."""
-    k = int(k)
-    if not 1 <= k <= int(self.num_steps.max()):
-      raise ValueError(f'k: must be in [1, {int(self.num_steps.max())}], '
-                       f'got {k}.')
+    k = self._check_k(k, int(self.num_steps.max()))
     ritz = np.where(self._valid(), self.nodes, -np.inf)
     top = -np.sort(-ritz, axis=1)[:, :k]
     return top.max(axis=0)
@@ -91,6 +113,9 @@ class SpectrumResult:
   def eigenvalue_ratio(self, k):
     """``lambda_1 / lambda_k``, the paper's outlier measure (k = classes)."""
     top = self.top_eigenvalues(k)
+    if top[k - 1] == 0:
+      raise ValueError(f'k: the estimate of lambda_{k} is 0, so lambda_1 / '
+                       f'lambda_{k} is undefined.')
     return float(top[0] / top[k - 1])
 
   @property
@@ -107,6 +132,7 @@ class SpectrumResult:
     if sigma is None:
       mass = np.sum(self.weights * (self.nodes < 0), axis=1)
     else:
+      sigma = checks.positive_float('sigma', sigma)
       mass = np.sum(self.weights * special.ndtr(-self.nodes / sigma), axis=1)
     return float(np.mean(mass))
 
@@ -123,9 +149,12 @@ class SpectrumResult:
                        'keep_vecs=True.')
     if draw is None:
       draw = int(np.argmax(np.where(self._valid(), self.nodes, -np.inf).max(1)))
+    draw = checks.positive_int('draw', draw, minimum=0)
+    if draw >= self.num_draws:
+      raise ValueError(f'draw: must be < num_draws = {self.num_draws}, got '
+                       f'{draw}.')
     steps = int(self.num_steps[draw])
-    if not 1 <= k <= steps:
-      raise ValueError(f'k: must be in [1, {steps}], got {k}.')
+    k = self._check_k(k, steps)
     _, s = np.linalg.eigh(self.tridiag[draw, :steps, :steps])
     top = s[:, ::-1][:, :k]
     vectors = top.T @ np.asarray(self.vecs[draw, :steps], np.float64)
@@ -137,14 +166,20 @@ class SpectrumResult:
     With `vector` the full-batch gradient this is the paper's gradient
     concentration in the outlier eigenspace.
     """
-    g = np.asarray(vector, np.float64)
+    g = checks.real_array('vector', vector, (1,))
+    if g.shape != (self.dim,):
+      raise ValueError(f'vector: must have shape ({self.dim},), got '
+                       f'{g.shape}.')
+    if not np.any(g):
+      raise ValueError('vector: is zero, so its fraction in a subspace is '
+                       'undefined.')
     q, _ = np.linalg.qr(self.ritz_vectors(k).T)
     proj = q.T @ g
     return float(proj @ proj / (g @ g))
 
   def summary(self, k=10):
     """A dict of the scalar estimators (JSON-ready)."""
-    k = min(k, int(self.num_steps.min()))
+    k = min(checks.positive_int('k', k), int(self.num_steps.min()))
     return {
         'lambda_max': self.lambda_max, 'lambda_min': self.lambda_min,
         f'lambda_1/lambda_{k}': self.eigenvalue_ratio(k),
@@ -186,27 +221,49 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
   Returns:
     `SpectrumResult`.
   """
+  if not callable(matvec):
+    raise TypeError(f'matvec: must be callable [dim] -> [dim], got '
+                    f'{type(matvec).__name__}.')
   rng_key = jax.random.key(0) if rng_key is None else rng_key
   result = lanczos.lanczos_draws(matvec, dim, order, rng_key,
                                  num_draws=num_draws, **kwargs)
   return SpectrumResult.from_lanczos(result, dim)
 
 
-def hessian_spectrum(loss, params, dataset, *, batch_size=None, order=90,
-                     num_draws=1, rng_key=None, curvature='hessian',
-                     devices=None, **kwargs):
+def _option_names(fn, positional):
+  return set(inspect.signature(fn).parameters) - set(positional)
+
+
+def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
+                     rng_key=None, **kwargs):
   """The spectrum of the full-dataset curvature at `params`, in one call.
 
   Args:
-    loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`.
+    loss, params, dataset: as `get_hvp_fn`.
     order, num_draws, rng_key: as `slq`.
-    **kwargs: Lanczos options, as `slq`.
+    **kwargs: every option of `get_hvp_fn` (`batch_size`, `curvature`,
+      `devices`, `dtype`, `accum_dtype`, ...) goes to it, every option of
+      `lanczos_draws` (`precision`, `basis`, `keep_vecs`, ...) to `slq`.
 
   Returns:
     `SpectrumResult`.
+
+  Raises:
+    TypeError: an option that neither `get_hvp_fn` nor `lanczos_draws` takes.
   """
-  hvp_fn, _, num_params = operators.get_hvp_fn(
-      loss, params, dataset, batch_size=batch_size, curvature=curvature,
-      devices=devices)
+  operator_names = _option_names(operators.get_hvp_fn,
+                                 ('loss', 'params', 'dataset'))
+  lanczos_names = _option_names(lanczos.lanczos_draws,
+                                ('matvec', 'dim', 'order', 'rng_key',
+                                 'num_draws'))
+  for name in kwargs:
+    if name not in operator_names | lanczos_names:
+      raise TypeError(f'{name}: not an option of get_hvp_fn '
+                      f'({", ".join(sorted(operator_names))}) nor of '
+                      f'lanczos_draws ({", ".join(sorted(lanczos_names))}).')
+  operator_kwargs = {k: v for k, v in kwargs.items() if k in operator_names}
+  lanczos_kwargs = {k: v for k, v in kwargs.items() if k not in operator_names}
+  hvp_fn, _, num_params = operators.get_hvp_fn(loss, params, dataset,
+                                               **operator_kwargs)
   return slq(hvp_fn, num_params, order=order, num_draws=num_draws,
-             rng_key=rng_key, **kwargs)
+             rng_key=rng_key, **lanczos_kwargs)

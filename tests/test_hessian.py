@@ -97,3 +97,55 @@ def test_exact_eigenvalues_match_known_spectrum():
   ev = np.sort(rng.normal(size=30))
   np.testing.assert_allclose(sd.exact_eigenvalues((q * ev) @ q.T), ev,
                              atol=1e-12)
+
+
+def test_full_hessian_with_the_batch_closed_over_as_in_the_original():
+  # The original's form: full_hessian(loss, params) with loss(params).
+  data = tp.classification_data(50, 6, 2)
+  data['y'] = data['y'].astype(np.float64)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=6))
+  closed = lambda p: tp.logistic_loss(p, data)
+  np.testing.assert_allclose(
+      sd.full_hessian(closed, w),
+      tp.logistic_hessian(np.asarray(w), data['x'], data['y']),
+      rtol=1e-12, atol=1e-14)
+
+
+def test_bad_inputs_name_the_argument():
+  data = tp.classification_data(10, 5, 3)
+  params = tp.mlp_params(5, 4, 3)
+  v = jax.tree.map(jnp.ones_like, params)
+  short_v = dict(v, w1=v['w1'][:2])
+  cases = [
+      (lambda: sd.hvp(None, params, data, v), TypeError, 'loss'),
+      (lambda: sd.hvp(tp.mlp_loss, params, data, short_v), ValueError, 'v'),
+      (lambda: sd.hvp(tp.mlp_loss, params, data, [v]), ValueError, 'v'),
+      (lambda: sd.ggn_vp(tp.mlp_logits, None, params, data, v), TypeError,
+       'output_loss'),
+      (lambda: sd.fisher_vp(tp.mlp_loss, params, data, v), ValueError,
+       'per_example_loss'),
+      (lambda: sd.full_hessian(tp.mlp_per_example_loss, params, data),
+       ValueError, 'loss'),
+      (lambda: sd.full_hessian(tp.mlp_loss, {}, data), ValueError, 'params'),
+      (lambda: sd.full_hessian(tp.mlp_loss, params, data, chunk_size=0),
+       ValueError, 'chunk_size'),
+      (lambda: sd.dense_matrix(lambda x: x[:2], 3), ValueError, 'matvec'),
+      (lambda: sd.dense_matrix(lambda x: x, 2.5), TypeError, 'dim'),
+      (lambda: sd.dense_matrix(lambda x: x, 0), ValueError, 'dim'),
+      (lambda: sd.exact_eigenvalues(np.ones((2, 3))), ValueError, 'matrix'),
+      (lambda: sd.exact_eigenvalues(np.triu(np.ones((3, 3)))), ValueError,
+       'matrix'),
+      (lambda: sd.exact_eigenvalues(np.full((2, 2), np.nan)), ValueError,
+       'matrix'),
+      (lambda: sd.hessian.curvature_fns('ggn', tp.mlp_loss), ValueError,
+       'loss'),
+      (lambda: sd.hessian.curvature_fns('hess', tp.mlp_loss), ValueError,
+       'curvature'),
+      (lambda: sd.get_hvp_fn(tp.mlp_loss, params, data, batch_size=5,
+                             curvature='ggn'), ValueError, 'loss'),
+      (lambda: sd.get_hvp_fn(tp.mlp_loss, params, data, batch_size=5,
+                             curvature='fisher'), ValueError, 'loss'),
+  ]
+  for call, error, name in cases:
+    with pytest.raises(error, match=rf'^{name}\b'):
+      call()

@@ -95,3 +95,93 @@ def test_plot_functions_draw_floored_log_densities():
   assert estimate.min() == pytest.approx(plotting.LOG_FLOOR)
   np.testing.assert_allclose(
       exact, np.maximum(sd.exact_density(ev, grid, 0.05), plotting.LOG_FLOOR))
+
+
+def test_hessian_spectrum_passes_operator_options_through():
+  # dtype= and accum_dtype= go to get_hvp_fn: float32 params cast to float64
+  # give the spectrum of the float64 params (it used to raise a TypeError).
+  with jax.enable_x64(True):
+    params = tp.mlp_params(5, 4, 3)
+    data = tp.classification_data(203, 5, 3)
+    f32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    cast = sd.hessian_spectrum(tp.mlp_loss, f32, data, batch_size=50,
+                               order=20, num_draws=2, dtype=jnp.float64,
+                               accum_dtype=jnp.float64, precision='float64')
+    exact = sd.exact_eigenvalues(tp.dense_hessian(
+        tp.mlp_loss, jax.tree.map(lambda p: p.astype(jnp.float64), f32), data))
+    with pytest.raises(TypeError, match='^not_an_option'):
+      sd.hessian_spectrum(tp.mlp_loss, params, data, batch_size=50,
+                          not_an_option=1)
+  np.testing.assert_allclose(cast.top_eigenvalues(3), exact[::-1][:3],
+                             rtol=1e-8)
+
+
+def _small_result():
+  return sd.SpectrumResult(
+      tridiag=np.diag([0.0, 5.0])[None], nodes=np.array([[0.0, 5.0]]),
+      weights=np.array([[0.5, 0.5]]), num_steps=np.array([2]), dim=2,
+      vecs=np.eye(2)[None])
+
+
+BAD_INPUTS = [
+    (lambda r: r.negative_mass(sigma=0.0), ValueError, 'sigma'),
+    (lambda r: r.negative_mass(sigma=-1.0), ValueError, 'sigma'),
+    (lambda r: r.density(sigma=0.0), ValueError, 'sigma'),
+    (lambda r: r.top_eigenvalues(0), ValueError, 'k'),
+    (lambda r: r.top_eigenvalues(3), ValueError, 'k'),
+    (lambda r: r.top_eigenvalues(1.5), TypeError, 'k'),
+    (lambda r: r.top_eigenvalues(True), TypeError, 'k'),
+    (lambda r: r.eigenvalue_ratio(2), ValueError, 'k'),  # lambda_2 = 0
+    (lambda r: r.ritz_vectors(1, draw=1), ValueError, 'draw'),
+    (lambda r: r.ritz_vectors(1, draw=-1), ValueError, 'draw'),
+    (lambda r: r.subspace_fraction(np.zeros(2), 1), ValueError, 'vector'),
+    (lambda r: r.subspace_fraction(np.ones(3), 1), ValueError, 'vector'),
+    (lambda r: r.subspace_fraction(np.ones((2, 1)), 1), ValueError, 'vector'),
+    (lambda r: r.subspace_fraction(np.array([np.nan, 1.0]), 1), ValueError,
+     'vector'),
+    (lambda r: r.subspace_fraction(np.ones(2), 0), ValueError, 'k'),
+    (lambda r: r.summary(k=0), ValueError, 'k'),
+    (lambda r: sd.SpectrumResult(r.tridiag, r.nodes[:, :1], r.weights,
+                                 r.num_steps, 2), ValueError, 'nodes'),
+    (lambda r: sd.SpectrumResult(r.tridiag[0], r.nodes, r.weights,
+                                 r.num_steps, 2), ValueError, 'tridiag'),
+    (lambda r: sd.SpectrumResult(r.tridiag, r.nodes, r.weights,
+                                 r.num_steps, 0), ValueError, 'dim'),
+    (lambda r: sd.slq(np.eye(2), 2, order=2), TypeError, 'matvec'),
+]
+
+
+@pytest.mark.parametrize('call,error,name', BAD_INPUTS,
+                         ids=[f'{i}-{c[2]}' for i, c in enumerate(BAD_INPUTS)])
+def test_bad_inputs_raise_naming_the_argument(call, error, name):
+  with pytest.raises(error, match=rf'^{name}\b'):
+    call(_small_result())
+
+
+def test_plotting_bad_inputs_name_the_argument():
+  import matplotlib
+  matplotlib.use('Agg')
+  from spectral_density import plotting
+  grid = np.linspace(0, 1, 5)
+  cases = [
+      (lambda: plotting.plot_density(grid, np.ones(4)), ValueError,
+       'density'),
+      (lambda: plotting.plot_density(grid, np.full(5, np.nan)), ValueError,
+       'density'),
+      (lambda: plotting.plot_density(np.ones((5, 1)), np.ones(5)), ValueError,
+       'grid'),
+      (lambda: plotting.plot_density(grid, np.ones(5), floor=0.0), ValueError,
+       'floor'),
+      (lambda: plotting.plot_density(grid, np.ones(5), log='yes'), TypeError,
+       'log'),
+      (lambda: plotting.plot_densities([(grid, np.ones(5))]), TypeError,
+       'curves'),
+      (lambda: plotting.plot_exact_eigenvalues(np.ones(3), grid, 0.0),
+       ValueError, 'sigma'),
+      (lambda: plotting.plot_spectrum(np.ones(3)), TypeError, 'result'),
+      (lambda: plotting.plot_spectrum(_small_result(), exact=np.ones(2)),
+       ValueError, 'sigma'),
+  ]
+  for call, error, name in cases:
+    with pytest.raises(error, match=rf'^{name}\b'):
+      call()
