@@ -91,7 +91,7 @@ def fisher_vp(per_example_loss, params, batch, v):
   return jax.linear_transpose(f_jvp, params)(jv / losses.shape[0])[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def curvature_fns(curvature, loss):
   """The per-batch product and mean-loss functions of a curvature.
 

@@ -32,7 +32,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
+from spectral_density import arguments
 from spectral_density import collectives
+from spectral_density import function_keys
 
 PRECISIONS = ('float32', 'float64', 'mixed')
 STARTS = ('gaussian', 'rademacher')
@@ -64,6 +66,7 @@ class _State(NamedTuple):
   num_steps: jax.Array    # [] int
   done: jax.Array         # [] bool
   bad_step: jax.Array     # [] int, first step with a non-finite product or -1
+  mask: jax.Array         # [dim] 0/1 projection of every product, or [0]
 
 
 def _dtypes(precision, matvec_dtype):
@@ -85,26 +88,35 @@ def _dtypes(precision, matvec_dtype):
   return jnp.float64, matvec_dtype
 
 
-def _start_vector(key, dim, dtype, start):
+def _start_vector(key, dim, dtype, start, mask=None):
+  """A random unit vector ``[dim]``, in the range of the 0/1 `mask`."""
   if start == 'gaussian':
     v = jax.random.normal(key, (dim,), dtype)
   else:
     v = jax.random.rademacher(key, (dim,), dtype)
+  if mask is not None:
+    v = v * mask
   return v / jnp.linalg.norm(v)
 
 
-def _init(key, dim, order, dtype, start, reorthogonalize, num_shards=1):
+def _init(key, mask, dim, order, dtype, start, reorthogonalize, num_shards=1):
+  """The state before step 0. `mask`: ``[dim]`` or None (no projection: the
+  state holds an empty ``[0]`` mask)."""
   zero = jnp.zeros((), dtype)
-  v = _start_vector(key, dim, dtype, start)
+  v = _start_vector(key, dim, dtype, start, mask)
+  mask = jnp.zeros((0,), dtype) if mask is None else mask.astype(dtype)
   if num_shards > 1:  # the same start vector as unsharded, sliced
     v = collectives.local_slice(v, num_shards)
+    if mask.size:
+      mask = collectives.local_slice(mask, num_shards)
   size = v.shape[0]
   return _State(
       basis=jnp.zeros((order if reorthogonalize else 0, size), dtype),
       alphas=jnp.zeros((order,), dtype), betas=jnp.zeros((order,), dtype),
       v_prev=jnp.zeros((size,), dtype), v=v,
       beta_prev=zero, norm_est=zero, num_steps=jnp.zeros((), jnp.int32),
-      done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32))
+      done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32),
+      mask=mask)
 
 
 def _record(state, step):
@@ -129,6 +141,8 @@ def _update(state, step, w, tol, reorth_passes, sharded=False):
   bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
                        jnp.asarray(step, jnp.int32), state.bad_step)
   w = jnp.where(finite, w, 0)
+  if state.mask.shape[-1]:  # P w: Lanczos on the block P A P
+    w = w * state.mask
   alpha = total(jnp.vdot(w, state.v))
   w = w - alpha * state.v - state.beta_prev * state.v_prev
   for _ in range(reorth_passes if state.basis.shape[0] else 0):
@@ -146,7 +160,7 @@ def _update(state, step, w, tol, reorth_passes, sharded=False):
       betas=state.betas.at[step].set(beta),
       v_prev=state.v, v=v_next.astype(dtype), beta_prev=beta,
       norm_est=norm_est, num_steps=state.num_steps + live.astype(jnp.int32),
-      done=state.done | breakdown, bad_step=bad_step)
+      done=state.done | breakdown, bad_step=bad_step, mask=state.mask)
 
 
 def _tridiag(alphas, betas):
@@ -172,18 +186,19 @@ class _Config(NamedTuple):
   keep_vecs: bool
   tol: float
   num_shards: int = 1  # > 1: basis='sharded' over this many devices
+  masked: bool = False  # projection_masks given
 
 
 class _Programs(NamedTuple):
   """Each is ``program(reduce, *args)``; ``reduce`` maps ``[k, dim] -> [k,
-  dim]`` and ``keys`` is ``[num_draws, 2]``."""
-  full: Callable      # (keys) -> (tridiag, vecs, num_steps, bad_step)
-  init: Callable      # (keys) -> states
+  dim]``, ``keys`` is ``[num_draws]`` and ``masks`` ``[num_draws, dim]``."""
+  full: Callable      # (keys, masks) -> (tridiag, vecs, num_steps, bad_step)
+  init: Callable      # (keys, masks) -> states
   segment: Callable   # (states, start, stop) -> states
   finish: Callable    # (states) -> as `full`
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def _programs(config):
   """The Lanczos programs of a config.
 
@@ -193,36 +208,49 @@ def _programs(config):
   dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
   sharded = config.num_shards > 1
 
-  def init(reduce, keys):
+  def init(reduce, keys, masks):
     del reduce
-    return jax.vmap(lambda k: _init(
-        k, config.dim, config.order, dtype, config.start,
-        config.reorthogonalize, config.num_shards))(keys)
+    return jax.vmap(lambda k, m: _init(
+        k, m, config.dim, config.order, dtype, config.start,
+        config.reorthogonalize, config.num_shards),
+                    in_axes=(0, None if masks is None else 0))(keys, masks)
 
   def segment(reduce, states, start, stop):
+    # Steps until `stop`, or until a product was not finite (the run will
+    # raise: no more passes over the data) or every draw broke down (the
+    # rest of the tridiagonal is zeros either way).
+    def go_on(carry):
+      i, states = carry
+      return (i < stop) & ~jnp.any(states.bad_step >= 0) & ~jnp.all(
+          states.done)
+    first = jnp.asarray(start, jnp.int32)
     if states.v.shape[0] == 1:
       # One draw: unbatched code. XLA keeps two extra copies of a [1, order,
       # dim] basis in the loop (measured), but updates [order, dim] in place.
-      def step_one(i, state):
+      def step_one(carry):
+        i, state = carry
         state = _record(state, i)
         w = reduce(state.v.astype(mv_dtype)[None])[0]
-        return _update(state, i, w, config.tol, config.reorth_passes, sharded)
+        return i + 1, _update(state, i, w, config.tol, config.reorth_passes,
+                              sharded)
       state = jax.tree.map(lambda x: x[0], states)
-      state = jax.lax.fori_loop(start, stop, step_one, state)
+      _, state = jax.lax.while_loop(go_on, step_one, (first, state))
       return jax.tree.map(lambda x: x[None], state)
-    def step(i, states):
+    def step(carry):
+      i, states = carry
       states = jax.vmap(_record, in_axes=(0, None))(states, i)
       w = reduce(states.v.astype(mv_dtype))
-      return jax.vmap(_update, in_axes=(0, None, 0, None, None, None))(
+      return i + 1, jax.vmap(_update, in_axes=(0, None, 0, None, None, None))(
           states, i, w, config.tol, config.reorth_passes, sharded)
-    return jax.lax.fori_loop(start, stop, step, states)
+    _, states = jax.lax.while_loop(go_on, step, (first, states))
+    return states
 
   def finish(reduce, states):
     del reduce
     return jax.vmap(_finish, in_axes=(0, None))(states, config.keep_vecs)
 
-  def full(reduce, keys):
-    states = segment(reduce, init(reduce, keys), 0, config.order)
+  def full(reduce, keys, masks):
+    states = segment(reduce, init(reduce, keys, masks), 0, config.order)
     return finish(reduce, states)
 
   return _Programs(full, init, segment, finish)
@@ -289,7 +317,7 @@ def _sharded_layout(matvec, dim):
       program, dim, tree, sharded, replicated)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def _host_step_fns(config):
   """Compiled pieces of one step, for runs whose products happen outside."""
   record = jax.jit(jax.vmap(_record, in_axes=(0, None)))
@@ -299,7 +327,7 @@ def _host_step_fns(config):
   return record, update
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def _sharded_host_step_fns(config, devices):
   """``(record, gather, update)`` for a host loop over split states: the
   products come from outside (a streamed operator) as whole vectors."""
@@ -396,11 +424,16 @@ class _Segments:
       return np.asarray(x.addressable_shards[0].data)[0]
     return np.asarray(x)
 
-  def init(self, keys):
+  def init(self, keys, masks):
     if self.host_loop and not self.sharded:
-      return jax.device_put(self._jit(self.programs.init, keys),
+      return jax.device_put(self._jit(self.programs.init, keys, masks),
                             self.state_device)
-    return self.execute(self.programs.init, None, keys)
+    return self.execute(self.programs.init, None, keys, masks)
+
+  def stopped(self, states):
+    """Whether a product was not finite or every draw broke down (host)."""
+    return bool(np.any(self.replica(states.bad_step) >= 0) or
+                np.all(self.replica(states.done)))
 
   def run(self, states, start, stop):
     if not self.host_loop:
@@ -414,12 +447,16 @@ class _Segments:
         v = gather(states.v).addressable_data(0)  # [k, dim], one device
         w = self.matvec(v.astype(mv_dtype))
         states = update(states, i, collectives.replicate(w, self.devices))
+        if self.stopped(states):  # no further pass over the data
+          break
       return states
     record, update = _host_step_fns(self.config)
     for i in range(start, stop):
       states = record(states, i)
       w = self.matvec(states.v.astype(mv_dtype))
       states = update(states, i, jax.device_put(w, self.state_device))
+      if self.stopped(states):
+        break
     return states
 
   def finish(self, states):
@@ -427,9 +464,20 @@ class _Segments:
       return self._jit(self.programs.finish, states)
     return self.execute(self.programs.finish, states)
 
-  def full(self, keys):
+  def full(self, keys, masks):
     """init, every step and finish as one compiled program."""
-    return self.execute(self.programs.full, None, keys)
+    return self.execute(self.programs.full, None, keys, masks)
+
+  def to_traced(self, out):
+    """The output of `finish` inside a transformation (`jit`, `vmap`): the
+    same as `to_host`, as traced arrays."""
+    tridiag, vecs, num_steps, bad = out
+    if not self.sharded:
+      return out
+    if vecs is not None:
+      vecs = jnp.moveaxis(vecs, 0, -2)
+      vecs = vecs.reshape(vecs.shape[:-2] + (-1,))[..., :self.config.dim]
+    return tridiag[0], vecs, num_steps[0], bad[0]
 
   def to_host(self, out):
     """The output of `finish` as host numpy arrays ``(tridiag [k, order,
@@ -445,16 +493,21 @@ class _Segments:
             self.replica(bad))
 
 
-_VECTOR_FIELDS = ('basis', 'v_prev', 'v')  # the last axis runs over dim
+_VECTOR_FIELDS = ('basis', 'v_prev', 'v', 'mask')  # last axis: over dim
 
 
 def saved_shapes(config, num_draws):
   """`_State` of `jax.ShapeDtypeStruct`: a run's states as saved, split
   (``[num_shards, num_draws, ..., dim_local]``) or not."""
   size = collectives.slice_size(config.dim, config.num_shards)
-  shapes = jax.eval_shape(jax.vmap(lambda k: _init(
-      k, size, config.order, jnp.dtype(config.dtype), config.start,
-      config.reorthogonalize)), jax.random.split(jax.random.key(0), num_draws))
+  dtype = jnp.dtype(config.dtype)
+  masks = (jax.ShapeDtypeStruct((num_draws, size), dtype) if config.masked
+           else None)
+  shapes = jax.eval_shape(
+      jax.vmap(lambda k, m: _init(k, m, size, config.order, dtype,
+                                  config.start, config.reorthogonalize),
+               in_axes=(0, None if masks is None else 0)),
+      jax.random.split(jax.random.key(0), num_draws), masks)
   lead = (config.num_shards,) if config.num_shards > 1 else ()
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(lead + s.shape, s.dtype),
                       shapes)
@@ -528,8 +581,17 @@ def _report(progress, info):
   print('\r' + line, end=end, file=sys.stderr, flush=True)
 
 
-def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
-               checkpoint_every, progress):
+def _non_finite_error(bad, first_draw=0):
+  """FloatingPointError naming the first draw whose product was not finite."""
+  draw = int(np.argmax(bad >= 0))
+  return FloatingPointError(
+      f'matvec returned a non-finite value at Lanczos step {int(bad[draw])} '
+      f'(draw {first_draw + draw}): check the loss, the data and the '
+      'parameters.')
+
+
+def _run_chunk(segments, keys, masks, first_draw, *, checkpoint_dir,
+               checkpoint_every, progress, identity):
   """One batch of draws: init, segments (checkpointed), finish."""
   config = segments.config
   order = config.order
@@ -540,16 +602,19 @@ def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
   if checkpoint_dir is not None:
     from spectral_density import checkpoint  # pylint: disable=g-import-not-at-top
     manager = checkpoint.LanczosCheckpoints(
-        checkpoint_dir, f'draws_{draws}', config._asdict(), keys)
+        checkpoint_dir, f'draws_{draws}', config._asdict(), keys, identity)
     step, states = manager.restore(segments)
   if states is None:
-    states = segments.init(keys)
+    states = segments.init(keys, masks)
   start_time = time.perf_counter()
   start_step = step
   while step < order:
     stop = min(order, step + every)
     states = segments.run(states, step, stop)
     step = stop
+    bad = segments.replica(states.bad_step)
+    if np.any(bad >= 0):  # stop here: the run cannot give a valid result
+      raise _non_finite_error(bad, first_draw)
     if manager is not None:
       manager.save(step, states)
     if progress:
@@ -563,10 +628,45 @@ def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
   return segments.finish(states)
 
 
+def _is_traced(tree):
+  """Whether any leaf of `tree` is a tracer (inside `jit`, `vmap`, ...)."""
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _refuse_traced(*, traceable, basis, checkpoint_dir, checkpoint_every,
+                   progress):
+  """Raises for the host-side modes, which cannot run under a transformation:
+  they read values on the host between steps."""
+  host_side = [what for what, used in [
+      ('a streamed operator (its batches come from the host)', not traceable),
+      ("basis='host'", basis == 'host'),
+      ('checkpoint_dir', checkpoint_dir is not None),
+      ('checkpoint_every', bool(checkpoint_every)),
+      ('progress', bool(progress))] if used]
+  if host_side:
+    raise ValueError(
+        f'{host_side[0]}: runs on the host and cannot be traced (jax.jit, '
+        'jax.vmap): call lanczos_draws outside the transformation, or trace '
+        "a traceable matvec with basis='device', 'sharded' or 'none' and "
+        'no checkpoint_dir, checkpoint_every or progress.')
+
+
+def _traced_result(outs, keep_vecs):
+  """`LanczosResult` of traced arrays. A draw whose product was not finite
+  cannot raise inside a transformation: its tridiagonal is all NaN."""
+  tridiag = jnp.concatenate([o[0] for o in outs])
+  bad = jnp.concatenate([o[3] for o in outs])
+  tridiag = jnp.where((bad >= 0)[:, None, None], jnp.nan, tridiag)
+  vecs = jnp.concatenate([o[1] for o in outs]) if keep_vecs else None
+  return LanczosResult(tridiag, vecs,
+                       jnp.concatenate([o[2] for o in outs]))
+
+
 def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
                   draws_per_pass=None, precision=None, start='gaussian',
                   basis='device', reorth_passes=2, keep_vecs=False, tol=None,
-                  checkpoint_dir=None, checkpoint_every=None, progress=False):
+                  checkpoint_dir=None, checkpoint_every=None, progress=False,
+                  projection_masks=None):
   """Independent Lanczos runs from `num_draws` random start vectors.
 
   Args:
@@ -580,6 +680,9 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     draws_per_pass: draws run together as one batch (bounds memory: the basis
       is ``draws_per_pass x order x dim``); default all.
     precision: ``'float32'``, ``'float64'``, ``'mixed'`` or None (see module).
+      With ``'float64'`` an operator from `get_hvp_fn` computes its products
+      in float64 (floating params and data cast inside each product);
+      ``'mixed'`` keeps the model's dtype for the products.
     start: ``'gaussian'`` (normalised, the paper's) or ``'rademacher'``.
     basis: where the Lanczos basis lives, for full reorthogonalisation:
       ``'device'`` (with the products: one compiled program), ``'sharded'``
@@ -593,32 +696,42 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
       Ritz values repeat and the bulk's weights drift; see README).
     reorth_passes: Gram-Schmidt passes per step (2: "twice is enough").
     keep_vecs: return the basis (not with ``basis='none'``).
-    tol: relative breakdown tolerance; default ``10 x eps`` of the matvec
-      dtype, since products are only accurate to that level.
+    tol: relative breakdown tolerance in ``[0, 1)``; default ``10 x eps`` of
+      the matvec dtype, since products are only accurate to that level.
     checkpoint_dir: if set, the state (step, alphas, betas, basis, keys) is
-      saved there with orbax every `checkpoint_every` steps, and a rerun with
-      the same arguments resumes from the latest save.
+      saved there with orbax every `checkpoint_every` steps, with the
+      identity of the computation (settings, and the product of a fixed probe
+      vector: one extra product); a rerun of the same computation resumes
+      from the latest save, another one is refused.
     checkpoint_every: steps between saves (and progress reports).
     progress: True prints one updating line (step, seconds per product,
       ETA, extreme Ritz values of draw 0) and logs it; a callable receives
       the same as a dict.
+    projection_masks: optional ``[num_draws, dim]`` 0/1 floats: draw ``d``
+      starts from its random vector times ``projection_masks[d]``,
+      renormalised, and every product is multiplied by the mask before the
+      recurrence, so the draw runs Lanczos on the diagonal block ``P_d A
+      P_d`` (the submatrix of the mask's ones). Any `basis`.
 
   Returns:
-    `LanczosResult` (numpy arrays).
+    `LanczosResult`: numpy arrays; traced arrays when called inside `jit` or
+    `vmap` (a traceable matvec with ``basis='device'``, ``'sharded'`` or
+    ``'none'`` and no checkpointing or progress), where a draw with a
+    non-finite product comes back as an all-NaN tridiagonal instead of
+    raising.
 
   Raises:
-    ValueError: bad `order`, `dim`, `num_draws`, `precision`, `start` or
-      `basis`.
-    FloatingPointError: a product returned a non-finite value (names the step).
+    ValueError, TypeError: a bad argument, named in the message (see
+      `arguments.py` for the checks).
+    FloatingPointError: a product returned a non-finite value; the run stops
+      at that step and the message names the step and the draw.
   """
-  dim, order, num_draws = int(dim), int(order), int(num_draws)
-  if dim < 1:
-    raise ValueError(f'dim: must be >= 1, got {dim}.')
-  if not 1 <= order <= dim:
-    raise ValueError(f'order: must satisfy 1 <= order <= dim = {dim}, '
-                     f'got {order}.')
-  if num_draws < 1:
-    raise ValueError(f'num_draws: must be >= 1, got {num_draws}.')
+  dim, order, num_draws = arguments.check_sizes(matvec, dim, order, num_draws)
+  draws_per_pass = arguments.optional_int('draws_per_pass', draws_per_pass)
+  reorth_passes = arguments.positive_int('reorth_passes', reorth_passes,
+                                         minimum=0)
+  checkpoint_every = arguments.optional_int('checkpoint_every',
+                                            checkpoint_every)
   if start not in STARTS:
     raise ValueError(f'start must be one of {STARTS}, got {start!r}.')
   if basis not in BASES:
@@ -626,46 +739,61 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   if keep_vecs and basis == 'none':
     raise ValueError("keep_vecs=True needs a basis: basis='device' or "
                      "'host', not 'none'.")
-  if checkpoint_every is not None and int(checkpoint_every) < 1:
-    raise ValueError(f'checkpoint_every: must be >= 1, got {checkpoint_every}.')
   op_dtype = getattr(matvec, 'dtype', None) or jnp.result_type(float)
   dtype, mv_dtype = _dtypes(precision, jnp.dtype(op_dtype))
-  if tol is None:
-    tol = 10 * float(jnp.finfo(mv_dtype).eps)
+  if precision == 'float64' and hasattr(matvec, 'astype'):
+    matvec = matvec.astype(jnp.float64)  # float64 products, not just vectors
   traceable = getattr(matvec, 'traceable', True)
+  if traceable and not hasattr(matvec, 'run'):
+    arguments.check_matvec(matvec, dim, mv_dtype)
+    matvec = function_keys.canonical(matvec)  # one program per computation
+  tol = arguments.check_tol(tol, mv_dtype)
+  masks = arguments.check_masks(projection_masks, num_draws, dim, dtype)
+  if _is_traced(rng_key) or _is_traced(masks):
+    _refuse_traced(traceable=traceable, basis=basis,
+                   checkpoint_dir=checkpoint_dir,
+                   checkpoint_every=checkpoint_every, progress=progress)
   num_shards = 1
   if basis == 'sharded':  # a streamed operator: over all devices
     num_shards = len((traceable and getattr(matvec, 'devices', None)) or
                      jax.devices())
   config = _Config(dim, order, jnp.dtype(dtype).name, jnp.dtype(mv_dtype).name,
-                   start, basis != 'none', int(reorth_passes),
-                   bool(keep_vecs), float(tol), num_shards)
+                   start, basis != 'none', reorth_passes,
+                   bool(keep_vecs), tol, num_shards, masks is not None)
   host_loop = basis == 'host' or not traceable
   state_device = (jax.local_devices(backend='cpu')[0] if basis == 'host'
                   else jax.local_devices()[0])
   segments = _Segments(config, matvec, host_loop, state_device)
   one_program = not (host_loop or checkpoint_dir or checkpoint_every or
                      progress)
+  identity = None
+  if checkpoint_dir is not None:
+    from spectral_density import checkpoint  # pylint: disable=g-import-not-at-top
+    identity = checkpoint.identity(matvec, dim, mv_dtype, masks)
   keys = jax.random.split(rng_key, num_draws)
-  per_pass = int(draws_per_pass or num_draws)
+  per_pass = draws_per_pass or num_draws
   outs = []
   for first in range(0, num_draws, per_pass):
     chunk = keys[first:first + per_pass]
+    chunk_masks = None if masks is None else masks[first:first + per_pass]
     if one_program:
-      out = segments.full(chunk)
+      out = segments.full(chunk, chunk_masks)
+      if _is_traced(out):  # inside jit / vmap: the arrays stay traced
+        outs.append(segments.to_traced(out))
+        continue
     else:
-      out = _run_chunk(segments, chunk, first, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=checkpoint_every, progress=progress)
+      out = _run_chunk(segments, chunk, chunk_masks, first,
+                       checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=checkpoint_every, progress=progress,
+                       identity=identity)
     outs.append(segments.to_host(out))
+    if np.any(outs[-1][3] >= 0):
+      raise _non_finite_error(outs[-1][3], first)
+  if _is_traced(outs):
+    return _traced_result(outs, keep_vecs)
   tridiag = np.concatenate([o[0] for o in outs])
   vecs = np.concatenate([o[1] for o in outs]) if keep_vecs else None
   num_steps = np.concatenate([o[2] for o in outs])
-  bad = np.concatenate([o[3] for o in outs])
-  if np.any(bad >= 0):
-    draw = int(np.argmax(bad >= 0))
-    raise FloatingPointError(
-        f'matvec returned a non-finite value at Lanczos step {int(bad[draw])} '
-        f'(draw {draw}): check the loss, the data and the parameters.')
   return LanczosResult(tridiag, vecs, num_steps)
 
 

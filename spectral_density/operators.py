@@ -28,6 +28,8 @@ A new parameter value (`hvp_fn.with_params(p)`, or a new `get_hvp_fn` call with
 the same loss and shapes) reuses every compiled program.
 """
 
+import collections.abc
+import copy
 import functools
 import math
 
@@ -38,6 +40,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
 from spectral_density import collectives
+from spectral_density import function_keys
 from spectral_density import hessian
 
 AXIS = collectives.AXIS
@@ -65,11 +68,26 @@ def _flat_fn(fn, kind):
   return lambda params, batch, v: fn(params, batch)
 
 
-@functools.lru_cache(maxsize=None)
-def batch_function(curvature, loss, kind):
-  """``f(params, batch, v)`` for `kind` in product/gradient/loss, cached."""
+# Compiled programs are cached per batch function: a bounded number of losses
+# (see `function_keys`), each with its three kinds and two dtypes.
+_MAX_BATCH_FNS = 6 * function_keys.MAX_FUNCTIONS
+
+
+@functools.lru_cache(maxsize=_MAX_BATCH_FNS)
+def batch_function(curvature, loss, kind, compute_dtype=None):
+  """``f(params, batch, v)`` for `kind` in product/gradient/loss, cached.
+
+  `compute_dtype` (a dtype name, or None for the model's own): floating
+  params and batch entries are cast to it inside, so that ``precision=
+  'float64'`` computes the products in float64 without a second copy of the
+  data on the devices.
+  """
   product, mean_loss = hessian.curvature_fns(curvature, loss)
-  return _flat_fn(product if kind == 'product' else mean_loss, kind)
+  fn = _flat_fn(product if kind == 'product' else mean_loss, kind)
+  if compute_dtype is None:
+    return fn
+  return lambda params, batch, v: fn(_cast_params(params, compute_dtype),
+                                     _cast_params(batch, compute_dtype), v)
 
 
 def _device_sum(batch_fn, params, data, weights, v, accum_dtype):
@@ -230,11 +248,23 @@ def shard_dataset(dataset, batch_size, num_devices, weight_dtype=np.float32,
 
 
 def _cast_params(params, dtype):
+  """Floating leaves of `params` (or of a batch) cast to `dtype`."""
   if dtype is None:
     return params
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
       params)
+
+
+def _check_finite(name, value):
+  """Raises FloatingPointError naming `name` if `value` has a NaN or inf."""
+  if isinstance(value, jax.core.Tracer):
+    return value
+  if not np.all(np.isfinite(np.asarray(value))):
+    raise FloatingPointError(
+        f'{name}: the mean over the dataset is not finite: check the loss, '
+        'the data and the parameters.')
+  return value
 
 
 def _matvec_program(reduce, v):
@@ -256,8 +286,32 @@ class _Operator:
     self.curvature = curvature
     self.loss_fn = loss
     self.num_params = flat.size
-    self.dtype = flat.dtype
+    self.dtype = flat.dtype  # of the vectors it takes and of its products
+    self.compute_dtype = None  # None: the model's own dtype
     self.accum_dtype = accum_dtype
+
+  def with_params(self, params):
+    """The same operator at new parameters; reuses data and compiled code."""
+    flat, unravel = ravel_pytree(params)
+    if flat.size != self.num_params:
+      raise ValueError(
+          f'params: has {flat.size} entries, the operator {self.num_params}.')
+    op = copy.copy(self)
+    op.params, op.unravel, op._replicated = params, unravel, None
+    op.dtype = jnp.dtype(self.compute_dtype or flat.dtype)
+    return op
+
+  def astype(self, dtype):
+    """The same operator computing its products in `dtype`: floating params
+    and data are cast inside each product (``precision='float64'``)."""
+    op = copy.copy(self)
+    op.dtype = jnp.dtype(dtype)
+    op.compute_dtype = op.dtype.name
+    return op
+
+  def _batch_fn(self, kind):
+    return batch_function(self.curvature, self.loss_fn, kind,
+                          self.compute_dtype)
 
   @property
   def shape(self):
@@ -278,12 +332,20 @@ class _Operator:
     return out if v.ndim == 2 else out[0]
 
   def gradient(self):
-    """Flat gradient ``[num_params]`` of the mean loss over the dataset."""
-    return self._reduce('gradient', None)
+    """Flat gradient ``[num_params]`` of the mean loss over the dataset.
+
+    Raises:
+      FloatingPointError: it has a NaN or inf entry.
+    """
+    return _check_finite('gradient', self._reduce('gradient', None))
 
   def loss(self):
-    """The mean loss over the dataset (scalar)."""
-    return self._reduce('loss', None)
+    """The mean loss over the dataset (scalar).
+
+    Raises:
+      FloatingPointError: it is NaN or inf.
+    """
+    return _check_finite('loss', self._reduce('loss', None))
 
 
 class ResidentOperator(_Operator):
@@ -316,20 +378,13 @@ class ResidentOperator(_Operator):
     self._placed = _placed
     self._replicated = None
 
-  def with_params(self, params):
-    """The same operator at new parameters; reuses data and compiled code."""
-    op = ResidentOperator(self.loss_fn, params, None, batch_size=None,
-                          curvature=self.curvature, devices=self.devices,
-                          accum_dtype=self.accum_dtype, _placed=self._placed)
-    op.num_examples = self.num_examples
-    return op
-
   def run(self, program, *args, kind='product'):
     """Runs ``program(reduce, *args)`` on all devices; returns its output."""
-    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
-    data, weights, rem_batch, rem_weight = self._placed
+    batch_fn = self._batch_fn(kind)
+    data, weights, _, _ = self._placed
+    params, rem_batch, rem_weight = self._replicas()
     return _sharded_runner(self.devices)(
-        program, batch_fn, self.accum_dtype, self.params, data, weights,
+        program, batch_fn, self.accum_dtype, params, data, weights,
         rem_batch, rem_weight, args)
 
   def run_sharded(self, program, sharded_args, replicated_args,
@@ -337,15 +392,23 @@ class ResidentOperator(_Operator):
     """Runs ``program(reduce, *sharded_args, *replicated_args)`` with vectors
     split over the devices (see `_split_vector_runner`); `sharded_args` and
     the outputs have a leading axis split over the devices."""
-    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
-    data, weights, rem_batch, rem_weight = self._placed
-    if self._replicated is None:  # once per parameter value
-      self._replicated = collectives.replicate(
-          (self.params, rem_batch, rem_weight), self.devices)
-    params, rem_batch, rem_weight = self._replicated
+    batch_fn = self._batch_fn(kind)
+    data, weights, _, _ = self._placed
+    params, rem_batch, rem_weight = self._replicas()
     return _split_vector_runner(self.devices)(
         program, batch_fn, self.accum_dtype, params, data, weights, rem_batch,
         rem_weight, sharded_args, replicated_args)
+
+  def _replicas(self):
+    """(params, rem_batch, rem_weight) on every device, once per parameter
+    value: inside an outer `jit` the program's arguments must already live on
+    its devices."""
+    if self._replicated is None:
+      _, _, rem_batch, rem_weight = self._placed
+      with jax.ensure_compile_time_eval():  # placed now, even while tracing
+        self._replicated = collectives.replicate(
+            (self.params, rem_batch, rem_weight), self.devices)
+    return self._replicated
 
   def _reduce(self, kind, v):
     if v is None:
@@ -353,7 +416,7 @@ class ResidentOperator(_Operator):
     return self.run(_matvec_program, v, kind=kind)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=_MAX_BATCH_FNS)
 def _stream_group_fn(devices, batch_fn, accum_dtype):
   """pmap over a group of equal batches, one per device, weighted, psummed."""
   def group(params, batch, weight, v):
@@ -363,7 +426,7 @@ def _stream_group_fn(devices, batch_fn, accum_dtype):
                   in_axes=(None, 0, 0, None), out_axes=None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=_MAX_BATCH_FNS)
 def _stream_single_fn(batch_fn, accum_dtype):
   return jax.jit(lambda p, b, w, v: w * batch_fn(p, b, v).astype(accum_dtype))
 
@@ -382,12 +445,7 @@ class StreamingOperator(_Operator):
     self.devices = tuple(devices)
     self.batches = batches
     self.num_examples = None
-
-  def with_params(self, params):
-    """The same operator at new parameters; reuses compiled code."""
-    return StreamingOperator(self.loss_fn, params, self.batches,
-                             curvature=self.curvature, devices=self.devices,
-                             accum_dtype=self.accum_dtype)
+    self._replicated = None
 
   def _iterate(self):
     return iter(self.batches() if callable(self.batches) else self.batches)
@@ -430,7 +488,7 @@ class StreamingOperator(_Operator):
       yield ahead
 
   def _reduce(self, kind, v):
-    batch_fn = batch_function(self.curvature, self.loss_fn, kind)
+    batch_fn = self._batch_fn(kind)
     group_fn = _stream_group_fn(self.devices, batch_fn, self.accum_dtype)
     single_fn = _stream_single_fn(batch_fn, self.accum_dtype)
     weight_dtype = np.dtype(self.accum_dtype)
@@ -491,6 +549,54 @@ def _stack(batches, pad):
   return jax.tree.map(lambda *xs: np.stack(xs + xs[:1] * pad), *batches)
 
 
+def _check_loss_form(curvature, loss):
+  """Raises if `loss` is not the form `curvature` needs (see `hessian`)."""
+  if curvature == 'ggn':
+    if not (isinstance(loss, tuple) and len(loss) == 2 and
+            all(callable(f) for f in loss)):
+      raise ValueError(
+          "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss), "
+          'with model_fn(params, batch) -> outputs and output_loss(outputs, '
+          f'batch) -> scalar, got {type(loss).__name__}.')
+  elif not callable(loss):
+    hint = (" (a pair (model_fn, output_loss) goes with curvature='ggn')"
+            if isinstance(loss, tuple) else '')
+    raise TypeError(f"loss: curvature={curvature!r} needs a function "
+                    f'loss(params, batch), got {type(loss).__name__}{hint}.')
+
+
+def _check_batch_size(batch_size):
+  if batch_size is None:
+    return
+  if (isinstance(batch_size, (bool, np.bool_)) or
+      not isinstance(batch_size, (int, np.integer))):
+    raise TypeError(f'batch_size: must be a positive int, got {batch_size!r}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size: must be a positive int, got {batch_size}.')
+
+
+def _is_tuple_of_batches(dataset):
+  """A tuple whose entries are containers of one structure (batches), not
+  arrays (a dataset such as ``(x, y)``)."""
+  if not isinstance(dataset, tuple) or len(dataset) < 2:
+    return False
+  structures = {jax.tree.structure(x) for x in dataset}
+  return len(structures) == 1 and not jax.tree_util.treedef_is_leaf(
+      structures.pop())
+
+
+def _check_dataset_form(dataset):
+  if isinstance(dataset, collections.abc.Iterator):
+    raise TypeError(
+        'dataset: an iterator or generator is read once, but Lanczos passes '
+        'over the data once per step: pass a list of batches, or a callable '
+        'returning a fresh iterator (e.g. lambda: make_batches()).')
+  if _is_tuple_of_batches(dataset):
+    raise TypeError(
+        'dataset: a tuple of batches; pass a list of batches (streamed), or '
+        'one pytree of arrays with a leading example axis and batch_size.')
+
+
 def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
                devices=None, dtype=None, accum_dtype=None):
   """The curvature-vector product over a whole dataset, data parallel.
@@ -521,17 +627,31 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
   Returns:
     ``(hvp_fn, unravel, num_params)``: `hvp_fn` maps ``[num_params]`` (or
     ``[k, num_params]``) to the product; it also has `.gradient()`, `.loss()`,
-    `.with_params(p)`; `unravel` maps a flat vector back to a params pytree.
+    `.with_params(p)`, `.astype(dtype)`; `unravel` maps a flat vector back to
+    a params pytree.
+
+  Raises:
+    ValueError, TypeError: a bad argument, named in the message.
   """
   if curvature not in hessian.CURVATURES:
     raise ValueError(
         f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
+  _check_loss_form(curvature, loss)
+  _check_batch_size(batch_size)
+  _check_dataset_form(dataset)
+  # One function object per computation, so a new closure of the same loss
+  # reuses the compiled programs.
+  loss = function_keys.canonical(loss)
   params = _cast_params(params, dtype)
   flat, unravel = ravel_pytree(params)
   if flat.size == 0:
     raise ValueError('params: has no entries.')
   accum_dtype = accum_dtype or _default_accum_dtype(flat.dtype)
   if callable(dataset) or isinstance(dataset, list):
+    if batch_size is not None:
+      raise ValueError(
+          'batch_size: applies to an array dataset; streamed batches keep '
+          'their own sizes (pass batch_size=None).')
     devices = tuple(devices or jax.local_devices())
     if any(d.process_index != jax.process_index() for d in devices):
       raise ValueError('devices: a streamed dataset runs on this process\'s '
