@@ -1,4 +1,4 @@
-"""Argument checks of the Lanczos entry points.
+"""Argument checks of `lanczos_draws`, `lanczos_alg` and `get_hvp_fn`.
 
 A bad argument gets a `ValueError` or `TypeError` that names it, here, before
 any tracing: never a traceback from inside XLA, a scan or numpy.
@@ -98,3 +98,30 @@ def check_masks(masks, num_draws, dim, dtype):
       raise ValueError(f'projection_masks: row {int(empty[0])} has no 1: '
                        'its draw would start from the zero vector.')
   return jnp.asarray(masks, dtype)
+
+
+def check_loss_form(curvature, loss):
+  """Raises if `loss` is not the form `curvature` needs (see `hessian`)."""
+  if curvature == 'ggn':
+    if not (isinstance(loss, tuple) and len(loss) == 2 and
+            all(callable(f) for f in loss)):
+      raise ValueError(
+          "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss), "
+          'with model_fn(params, batch) -> outputs and output_loss(outputs, '
+          f'batch) -> scalar, got {type(loss).__name__}.')
+  elif not callable(loss):
+    hint = (" (a pair (model_fn, output_loss) goes with curvature='ggn')"
+            if isinstance(loss, tuple) else '')
+    raise TypeError(f"loss: curvature={curvature!r} needs a function "
+                    f'loss(params, batch), got {type(loss).__name__}{hint}.')
+
+
+def check_batch_size(batch_size):
+  """None (streamed datasets), or a positive int."""
+  if batch_size is None:
+    return
+  if (isinstance(batch_size, (bool, np.bool_)) or
+      not isinstance(batch_size, (int, np.integer))):
+    raise TypeError(f'batch_size: must be a positive int, got {batch_size!r}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size: must be a positive int, got {batch_size}.')

@@ -13,6 +13,8 @@ topology, or 'device' / 'host' against 'sharded') resumes: the saved slices
 are reassembled and split the new way.
 
 Imported only when `checkpoint_dir` is given: orbax is an optional dependency.
+It imports the Lanczos-side modules (`recurrence`, `state_layout`); none of
+them imports it back.
 """
 
 import hashlib
@@ -22,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from spectral_density import recurrence
+from spectral_density import state_layout
 
 _PROBE_KEY = 20190709  # fixed: the probe vectors are the same in every run
 
@@ -83,6 +88,19 @@ def _other_layout_only(saved, wanted):
   return strip(saved) == strip(wanted)
 
 
+def _stored(fields):
+  """The fields orbax stores: it cannot store empty arrays (the mask of a run
+  without projection masks)."""
+  return {k: v for k, v in fields.items() if np.prod(v.shape) > 0}
+
+
+def _with_empty(fields, shapes):
+  """`recurrence.State` of restored `fields`, the empty ones put back."""
+  return recurrence.State(**{
+      k: fields[k] if k in fields else np.zeros(s.shape, s.dtype)
+      for k, s in shapes._asdict().items()})
+
+
 def _is_split(x):
   """Whether `x` is split over several devices (each process saves its own
   slices of it) rather than a value every device holds."""
@@ -111,7 +129,7 @@ class LanczosCheckpoints:
             max_to_keep=1, enable_async_checkpointing=False),
         item_names=('state', 'meta'))
 
-  def restore(self, segments):
+  def restore(self, execution):
     """``(step, states)`` of the latest save, or ``(0, None)``."""
     step = self.manager.latest_step()
     if step is None:
@@ -128,35 +146,36 @@ class LanczosCheckpoints:
           f'computation: {why}. To start afresh, delete that directory or '
           'pass another checkpoint_dir.')
     if meta != self.meta:
-      return step, self._restore_relayout(step, meta, segments)
+      return step, self._restore_relayout(step, meta, execution)
     # Sharded states (basis='sharded') come back split over the devices as
     # they were saved, each process reading its own slices.
-    target = segments.abstract_states(len(self.meta['keys']))
+    num_draws = len(self.meta['keys'])
+    target = execution.abstract_states(num_draws)
     saved = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(
-            None if target is None else target._asdict())))
+            None if target is None else _stored(target._asdict()))))
     convert = np.asarray if target is None else (lambda x: x)
-    states = segments.state_type(
-        **{k: convert(v) for k, v in saved['state'].items()})
-    return step, segments.place(states)
+    states = {k: convert(v) for k, v in saved['state'].items()}
+    shapes = state_layout.saved_shapes(
+        recurrence.Config(**self.meta['config']), num_draws)
+    return step, execution.place(_with_empty(states, shapes))
 
-  def _restore_relayout(self, step, meta, segments):
+  def _restore_relayout(self, step, meta, execution):
     """A run saved on another number of devices (split basis) or unsplit:
     read whole, reassemble the vectors, and split them the new way."""
-    from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
-    old = lanczos._Config(**meta['config'])  # pylint: disable=protected-access
-    shapes = lanczos.saved_shapes(old, len(meta['keys']))
+    old = recurrence.Config(**meta['config'])
+    shapes = state_layout.saved_shapes(old, len(meta['keys']))
     target = {k: np.zeros(s.shape, s.dtype)
               for k, s in shapes._asdict().items()}
     saved = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
-    states = segments.state_type(**saved)
-    return segments.from_whole(
-        lanczos.whole_states(states, old.num_shards, old.dim))
+        state=ocp.args.StandardRestore(_stored(target))))['state']
+    states = _with_empty(saved, shapes)
+    return execution.from_whole(
+        state_layout.whole_states(states, old.num_shards, old.dim))
 
   def save(self, step, states):
-    state = {k: v if _is_split(v) else np.asarray(v)
-             for k, v in states._asdict().items()}
+    state = _stored({k: v if _is_split(v) else np.asarray(v)
+                     for k, v in states._asdict().items()})
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({**self.meta, 'identity': self.identity})))

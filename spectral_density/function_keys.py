@@ -20,6 +20,9 @@ import types
 import jax
 
 MAX_FUNCTIONS = 32
+# Caches of compiled pieces per batch function: each loss has three kinds
+# (product, gradient, loss) in two dtypes (its own, float64).
+MAX_BATCH_FNS = 6 * MAX_FUNCTIONS
 _MAX_DEPTH = 8  # recursive closures stop here and compare by identity
 _SCALARS = (bool, int, float, complex, str, bytes, type(None))
 

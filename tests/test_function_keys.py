@@ -8,8 +8,8 @@ import pytest
 
 import spectral_density as sd
 import toy_problems as tp
+from spectral_density import batch_functions
 from spectral_density import function_keys
-from spectral_density import operators
 
 _COMPILES = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -40,7 +40,7 @@ def test_fifty_snapshots_with_new_loss_closures_compile_once():
                                  batch_size=10)
     tridiag, _ = sd.lanczos_alg(hvp_fn, n, 4, jax.random.key(0))
     compiles.append(len(_COMPILES))
-    cache_sizes.append(operators.batch_function.cache_info().currsize)
+    cache_sizes.append(batch_functions.batch_function.cache_info().currsize)
     table_sizes.append(len(function_keys._table))  # pylint: disable=protected-access
   assert compiles[-1] == compiles[0], compiles
   assert len(set(cache_sizes)) == 1 and len(set(table_sizes)) == 1

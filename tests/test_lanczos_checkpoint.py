@@ -129,13 +129,13 @@ def test_sharded_basis_splits_every_vector_over_the_devices(num_devices):
 
 def test_sharded_basis_state_lives_in_slices(monkeypatch):
   """The compiled program's state: [D, draws, order, ceil(n / D)] basis."""
-  from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
+  from spectral_density import execution  # pylint: disable=g-import-not-at-top
   shapes = []
-  finish = lanczos._Segments.finish  # pylint: disable=protected-access
+  finish = execution.SplitOverDevices.finish
   def spy(self, states):
     shapes.append((states.basis.shape, len(states.basis.sharding.device_set)))
     return finish(self, states)
-  monkeypatch.setattr(lanczos._Segments, 'finish', spy)  # pylint: disable=protected-access
+  monkeypatch.setattr(execution.SplitOverDevices, 'finish', spy)
   sd.lanczos_draws(_matvec(), 300, 10, jax.random.key(0), num_draws=2,
                    precision='float64', basis='sharded', checkpoint_every=5)
   assert shapes == [((8, 2, 10, 38), 8)]
