@@ -3,7 +3,7 @@
 A resident dataset (a pytree of arrays with a leading example axis) is cut
 into batches of `batch_size` consecutive examples and dealt to the devices
 (`shard_dataset`); a streamed one (a list of batches, or a callable returning
-a fresh iterator) is grouped one batch per device (`stack`). `check_form`
+a fresh iterator) is grouped one batch per device (`work_items`). `check_form`
 refuses the kinds that cannot be passed over `order` times.
 """
 
@@ -83,6 +83,30 @@ def shard_dataset(dataset, batch_size, num_devices, weight_dtype=np.float32,
 def stack(batches, pad):
   """``[len(batches) + pad, ...]`` leaves; padding repeats the first batch."""
   return jax.tree.map(lambda *xs: np.stack(xs + xs[:1] * pad), *batches)
+
+
+def work_items(batches, num_dev):
+  """The streamed batches as work for `num_dev` devices: ``('group', [D, ...]
+  batches, [D] weights)`` for runs of D batches of the common size,
+  ``('single', batch, weight)`` otherwise; weights count examples."""
+  pending, size = [], None
+  for batch in batches:
+    leaves = jax.tree.leaves(batch)
+    n = int(np.shape(leaves[0])[0]) if leaves else 0
+    if n == 0:
+      continue
+    size = n if size is None else size
+    if n != size or num_dev == 1:
+      yield 'single', batch, float(n)
+      continue
+    pending.append(batch)
+    if len(pending) == num_dev:
+      yield 'group', stack(pending, 0), [float(size)] * num_dev
+      pending = []
+  if pending:
+    pad = num_dev - len(pending)
+    yield ('group', stack(pending, pad),
+           [float(size)] * len(pending) + [0.0] * pad)
 
 
 def _is_tuple_of_batches(dataset):

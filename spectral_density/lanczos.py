@@ -20,6 +20,7 @@ from spectral_density import function_keys
 from spectral_density import operators
 from spectral_density import recurrence
 from spectral_density.recurrence import BASES
+# PRECISIONS, STARTS, BASES: their public home (configs import them here).
 from spectral_density.recurrence import PRECISIONS  # pylint: disable=unused-import
 from spectral_density.recurrence import STARTS
 

@@ -237,8 +237,9 @@ class ResidentOperator(_Operator):
   def run_sharded(self, program, sharded_args, replicated_args,
                   kind='product'):
     """Runs ``program(reduce, *sharded_args, *replicated_args)`` with vectors
-    split over the devices (see `parallel.split_vector_runner`); `sharded_args` and
-    the outputs have a leading axis split over the devices."""
+    split over the devices (see `parallel.split_vector_runner`);
+    `sharded_args` and the outputs have a leading axis split over the
+    devices."""
     batch_fn = self._batch_fn(kind)
     data, weights, _, _ = self._placed
     params, rem_batch, rem_weight = self._replicas()
@@ -282,30 +283,6 @@ class StreamingOperator(_Operator):
   def _iterate(self):
     return iter(self.batches() if callable(self.batches) else self.batches)
 
-  def _work_items(self):
-    """Host-side work: ``('group', [D, ...] batches, [D] weights)`` for runs of
-    D batches of the common size, ``('single', batch, weight)`` otherwise."""
-    num_dev = len(self.devices)
-    pending, size = [], None
-    for batch in self._iterate():
-      leaves = jax.tree.leaves(batch)
-      n = int(np.shape(leaves[0])[0]) if leaves else 0
-      if n == 0:
-        continue
-      size = n if size is None else size
-      if n != size or num_dev == 1:
-        yield 'single', batch, float(n)
-        continue
-      pending.append(batch)
-      if len(pending) == num_dev:
-        yield ('group', dataset_layout.stack(pending, 0),
-               [float(size)] * num_dev)
-        pending = []
-    if pending:
-      pad = num_dev - len(pending)
-      yield ('group', dataset_layout.stack(pending, pad),
-             [float(size)] * len(pending) + [0.0] * pad)
-
   def _staged(self, items):
     """Starts each item's transfer to its devices one item before it is
     computed, so that transfers overlap the (asynchronous) computation."""
@@ -327,7 +304,8 @@ class StreamingOperator(_Operator):
     single_fn = batch_functions.stream_single_fn(batch_fn, self.accum_dtype)
     weight_dtype = np.dtype(self.accum_dtype)
     total, count = None, 0.0
-    for item, batch, weight in self._staged(self._work_items()):
+    for item, batch, weight in self._staged(dataset_layout.work_items(
+        self._iterate(), len(self.devices))):
       if item == 'group':
         out = jax.device_put(
             group_fn(self.params, batch, np.asarray(weight, weight_dtype), v),
