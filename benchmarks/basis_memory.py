@@ -27,7 +27,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 import spectral_density as sd  # pylint: disable=g-import-not-at-top
 from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
-from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
+from spectral_density import execution  # pylint: disable=g-import-not-at-top
+from spectral_density import parallel  # pylint: disable=g-import-not-at-top
+from spectral_density import recurrence  # pylint: disable=g-import-not-at-top
 
 ORDER = 90
 BYTES = 8  # float64
@@ -49,9 +51,9 @@ def measured_bytes(mode, dim):
   diag = jnp.linspace(0.0, 1.0, dim)
   matvec = jax.tree_util.Partial(lambda d, v: d * v, diag)
   num_shards = NUM_SHARDS if mode == 'sharded' else 1
-  config = lanczos._Config(dim, ORDER, 'float64', 'float64', 'gaussian',  # pylint: disable=protected-access
-                           mode != 'none', 2, False, 1e-15, num_shards)
-  programs = lanczos._programs(config)  # pylint: disable=protected-access
+  config = recurrence.Config(dim, ORDER, 'float64', 'float64', 'gaussian',
+                             mode != 'none', 2, False, 1e-15, num_shards)
+  programs = recurrence.programs(config)
   keys = jax.random.split(jax.random.key(0), 1)
   if mode == 'host':
     # On the device: only the products; the recurrence runs on the host.
@@ -59,10 +61,10 @@ def measured_bytes(mode, dim):
   elif mode == 'sharded':
     devices = tuple(jax.devices()[:NUM_SHARDS])
     assert len(devices) == NUM_SHARDS, 'set XLA_FLAGS before importing jax'
-    runner = lanczos._sharded_function_runner(devices)  # pylint: disable=protected-access
-    lowered = runner.lower(programs.full, dim, matvec, (), (keys,))
+    runner = parallel.function_runner(devices)
+    lowered = runner.lower(programs.full, dim, matvec, (), (keys, None))
   else:
-    lowered = lanczos._run_jit.lower(programs.full, matvec, keys)  # pylint: disable=protected-access
+    lowered = execution.run_jit.lower(programs.full, matvec, keys, None)
   return benchmark.compiled_bytes(lowered.compile())
 
 

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_density as sd
-from spectral_density import lanczos
+from spectral_density import batch_functions
 from spectral_density import operators
+from spectral_density import parallel
+from spectral_density import recurrence
 
 
 def _seconds(fn, repeats=3):
@@ -45,11 +47,11 @@ def _fresh(loss):
 
 def _peak_bytes(op, kind, v):
   """XLA's estimate for the compiled program: arguments + outputs + temps."""
-  batch_fn = operators.batch_function(op.curvature, op.loss_fn, kind)
+  batch_fn = batch_functions.batch_function(op.curvature, op.loss_fn, kind)
   data, weights, rem_batch, rem_weight = op._placed  # pylint: disable=protected-access
-  runner = operators._sharded_runner(op.devices)  # pylint: disable=protected-access
-  program = (operators._matvec_program if kind == 'product'  # pylint: disable=protected-access
-             else operators._value_program)  # pylint: disable=protected-access
+  runner = parallel.data_parallel_runner(op.devices)
+  program = (operators.matvec_program if kind == 'product'
+             else operators.value_program)
   args = (v[None],) if kind == 'product' else ()
   compiled = runner.lower(program, batch_fn, op.accum_dtype, op.params, data,
                           weights, rem_batch, rem_weight, args).compile()
@@ -100,14 +102,15 @@ def measure(name, loss, params, data, batch_size, targets):
   compile_s = {}
   for order in (20, 200):
     # Lower and compile the whole Lanczos program, products included.
-    config = lanczos._Config(n, order, 'float32', 'float32', 'gaussian',  # pylint: disable=protected-access
-                             True, 2, False, 1e-6)
-    batch_fn = operators.batch_function(op.curvature, _fresh(loss), 'product')
-    runner = operators._sharded_runner(op.devices)  # pylint: disable=protected-access
+    config = recurrence.Config(n, order, 'float32', 'float32', 'gaussian',
+                               True, 2, False, 1e-6)
+    batch_fn = batch_functions.batch_function(op.curvature, _fresh(loss),
+                                              'product')
+    runner = parallel.data_parallel_runner(op.devices)
     keys = jax.random.split(jax.random.key(0), 1)
     start = time.perf_counter()
-    runner.lower(lanczos._programs(config).full, batch_fn, op.accum_dtype,  # pylint: disable=protected-access
-                 op.params, *op._placed, (keys,)).compile()  # pylint: disable=protected-access
+    runner.lower(recurrence.programs(config).full, batch_fn, op.accum_dtype,
+                 op.params, *op._placed, (keys, None)).compile()  # pylint: disable=protected-access
     compile_s[order] = time.perf_counter() - start
   rows.append((name, 'compile order 20 (s)', compile_s[20], None))
   rows.append((name, 'compile order 200 (s)', compile_s[200], None))
@@ -137,8 +140,8 @@ def streamed_rows(name, loss, params, data, batch_size, targets):
           (name, 'H v / gradient', t_hv / t_grad, targets['hv_grad'])]
   mem = {}
   for kind, args in (('product', v[None]), ('gradient', None)):
-    batch_fn = operators.batch_function(op.curvature, op.loss_fn, kind)
-    single = operators._stream_single_fn(batch_fn, op.accum_dtype)  # pylint: disable=protected-access
+    batch_fn = batch_functions.batch_function(op.curvature, op.loss_fn, kind)
+    single = batch_functions.stream_single_fn(batch_fn, op.accum_dtype)
     compiled = single.lower(op.params, batches[0], 1.0, args).compile()
     mem[kind] = compiled_bytes(compiled)
   rows.append((name, 'peak memory H v, one batch (MB)', mem['product'] / 2**20,

@@ -32,9 +32,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import spectral_density as sd  # pylint: disable=g-import-not-at-top
 from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
 from experiments import input_pipeline  # pylint: disable=g-import-not-at-top
-from spectral_density import collectives  # pylint: disable=g-import-not-at-top
-from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
+from spectral_density import batch_functions  # pylint: disable=g-import-not-at-top
 from spectral_density import operators  # pylint: disable=g-import-not-at-top
+from spectral_density import parallel  # pylint: disable=g-import-not-at-top
+from spectral_density import recurrence  # pylint: disable=g-import-not-at-top
 
 MODES = ('device', 'sharded', 'host')
 WIDTHS = (784, 1024, 1024, 10)
@@ -63,27 +64,28 @@ def mlp_problem(num_examples, seed=0):
 
 def program_bytes(op, mode, order):
   """Per-device bytes of the program that holds the basis in `mode`."""
-  batch_fn = operators.batch_function(op.curvature, op.loss_fn, 'product')
+  batch_fn = batch_functions.batch_function(op.curvature, op.loss_fn,
+                                            'product')
   data, weights, rem_batch, rem_weight = op._placed  # pylint: disable=protected-access
   keys = jax.random.split(jax.random.key(0), 1)
   shards = NUM_DEVICES if mode == 'sharded' else 1
-  config = lanczos._Config(op.num_params, order, 'float32', 'float32',  # pylint: disable=protected-access
-                           'gaussian', True, 2, False, 1e-6, shards)
-  programs = lanczos._programs(config)  # pylint: disable=protected-access
+  config = recurrence.Config(op.num_params, order, 'float32', 'float32',
+                             'gaussian', True, 2, False, 1e-6, shards)
+  programs = recurrence.programs(config)
   if mode == 'device':
-    lowered = operators._sharded_runner(op.devices).lower(  # pylint: disable=protected-access
+    lowered = parallel.data_parallel_runner(op.devices).lower(
         programs.full, batch_fn, op.accum_dtype, op.params, data, weights,
-        rem_batch, rem_weight, (keys,))
+        rem_batch, rem_weight, (keys, None))
   elif mode == 'sharded':
-    params, rem_batch, rem_weight = collectives.replicate(
+    params, rem_batch, rem_weight = parallel.replicate(
         (op.params, rem_batch, rem_weight), op.devices)
-    lowered = operators._split_vector_runner(op.devices).lower(  # pylint: disable=protected-access
+    lowered = parallel.split_vector_runner(op.devices).lower(
         programs.full, batch_fn, op.accum_dtype, params, data, weights,
-        rem_batch, rem_weight, (), (keys,))
+        rem_batch, rem_weight, (), (keys, None))
   else:
     v = jnp.zeros((1, op.num_params), jnp.float32)
-    lowered = operators._sharded_runner(op.devices).lower(  # pylint: disable=protected-access
-        operators._matvec_program, batch_fn, op.accum_dtype, op.params,  # pylint: disable=protected-access
+    lowered = parallel.data_parallel_runner(op.devices).lower(
+        operators.matvec_program, batch_fn, op.accum_dtype, op.params,
         data, weights, rem_batch, rem_weight, (v,))
   return benchmark.compiled_bytes(lowered.compile())
 
@@ -118,7 +120,7 @@ def main():
     scale = np.abs(np.linalg.eigvalsh(reference)).max()
     diff = np.abs(tridiag - reference).max() / scale
     basis_mb = {'device': args.order * n * 4, 'host': 0,
-                'sharded': args.order * collectives.slice_size(
+                'sharded': args.order * parallel.slice_size(
                     n, NUM_DEVICES) * 4}[mode] / 2**20
     print(f'| {mode} | {megabytes:,.0f} | {basis_mb:,.0f} | {seconds:.1f} | '
           f'{diff:.1e} |', flush=True)

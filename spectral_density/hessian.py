@@ -133,7 +133,7 @@ def _ggn_pair(loss):
   return loss
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def curvature_fns(curvature, loss):
   """The per-batch product and mean-loss functions of a curvature.
 

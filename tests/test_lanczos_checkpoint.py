@@ -129,13 +129,13 @@ def test_sharded_basis_splits_every_vector_over_the_devices(num_devices):
 
 def test_sharded_basis_state_lives_in_slices(monkeypatch):
   """The compiled program's state: [D, draws, order, ceil(n / D)] basis."""
-  from spectral_density import lanczos  # pylint: disable=g-import-not-at-top
+  from spectral_density import execution  # pylint: disable=g-import-not-at-top
   shapes = []
-  finish = lanczos._Segments.finish  # pylint: disable=protected-access
+  finish = execution.SplitOverDevices.finish
   def spy(self, states):
     shapes.append((states.basis.shape, len(states.basis.sharding.device_set)))
     return finish(self, states)
-  monkeypatch.setattr(lanczos._Segments, 'finish', spy)  # pylint: disable=protected-access
+  monkeypatch.setattr(execution.SplitOverDevices, 'finish', spy)
   sd.lanczos_draws(_matvec(), 300, 10, jax.random.key(0), num_draws=2,
                    precision='float64', basis='sharded', checkpoint_every=5)
   assert shapes == [((8, 2, 10, 38), 8)]
@@ -207,3 +207,42 @@ def test_checkpoint_resumes_on_another_device_count(tmp_path, first, then):
   np.testing.assert_allclose(resumed.tridiag, reference.tridiag, rtol=1e-10,
                              atol=1e-12)
   np.testing.assert_allclose(resumed.vecs, reference.vecs, atol=1e-10)
+
+
+@pytest.mark.parametrize('other', ['matrix', 'with_params', 'curvature'])
+def test_checkpoint_of_another_computation_is_refused(tmp_path, other):
+  """A run killed on operator A and rerun with operator B in the same
+  directory refuses to resume (it would mix A's state into B's run); a new
+  directory runs B afresh."""
+  if other == 'matrix':
+    first, second, n = _matvec(seed=0), _matvec(seed=1), 300
+  else:
+    params = tp.mlp_params(3, 3, 2)
+    data = tp.classification_data(30, 3, 2)
+    first, _, n = sd.get_hvp_fn(tp.mlp_loss, params, data, batch_size=10)
+    if other == 'with_params':
+      second = first.with_params(jax.tree.map(lambda p: 1.1 * p, params))
+    else:
+      second, _, _ = sd.get_hvp_fn(tp.mlp_per_example_loss, params, data,
+                                   batch_size=10, curvature='fisher')
+  kwargs = dict(num_draws=2, precision='float64', checkpoint_every=4)
+  def kill(info):
+    raise Killed()
+  with pytest.raises(Killed):
+    sd.lanczos_draws(first, n, 12, jax.random.key(0), progress=kill,
+                     checkpoint_dir=tmp_path / 'a', **kwargs)
+  why = {'matrix': 'another product of the probe vector',
+         'with_params': 'another product of the probe vector',
+         'curvature': "its curvature is 'hessian', this run's 'fisher'"}[other]
+  with pytest.raises(ValueError, match=(
+      f'checkpoint_dir: .* holds a run of another computation: {why}.*'
+      'To start afresh, delete that directory or pass another '
+      'checkpoint_dir')):
+    sd.lanczos_draws(second, n, 12, jax.random.key(0),
+                     checkpoint_dir=tmp_path / 'a', **kwargs)
+  afresh = sd.lanczos_draws(second, n, 12, jax.random.key(0),
+                            checkpoint_dir=tmp_path / 'b', **kwargs)
+  reference = sd.lanczos_draws(second, n, 12, jax.random.key(0),
+                               num_draws=2, precision='float64')
+  np.testing.assert_allclose(afresh.tridiag, reference.tridiag, rtol=1e-12,
+                             atol=1e-14)

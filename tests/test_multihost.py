@@ -66,22 +66,30 @@ def test_processes_give_the_one_process_tridiagonal(
   np.testing.assert_allclose(np.load(tmp_path / 'grad.npy'), grad, rtol=1e-9,
                              atol=1e-13)
   # The checkpoint the processes wrote is the one a single process resumes
-  # from: it holds the finished run, so no product is computed again (a NaN
-  # loss would raise FloatingPointError if one were). A sharded basis was
-  # saved in slices by each process; one process with as many devices reads
-  # them all back.
+  # from: it holds the finished run, so no Lanczos step runs again (no
+  # progress report) and the tridiagonal is the saved one. A sharded basis
+  # was saved in slices by each process; one process with as many devices
+  # reads them all back. The same directory refuses another computation
+  # (here a loss that always returns NaN): its probe product differs.
   with jax.enable_x64(True):
     loss, params, data = tp.conv_bn_problem(53)
-    nan_loss = lambda p, b: loss(p, b) * np.nan
-    if feed.startswith('stream'):
-      hvp_fn, _, n = sd.get_hvp_fn(nan_loss, params,
-                                   tp.batches_of(data, 10))
-    else:
-      hvp_fn, _, n = sd.get_hvp_fn(
-          nan_loss, params, data, batch_size=10,
-          devices=jax.devices()[:num_processes * devices_each])
-    resumed = sd.lanczos_draws(
-        hvp_fn, n, 12, jax.random.key(0), num_draws=2, precision='float64',
-        basis=basis,
-        checkpoint_dir=tmp_path / 'ckpt', checkpoint_every=5)
-  np.testing.assert_allclose(resumed.tridiag, tridiag, rtol=1e-5, atol=1e-9)
+    def operator(loss):  # (num_params, hvp_fn)
+      if feed.startswith('stream'):
+        hvp_fn, _, n = sd.get_hvp_fn(loss, params, tp.batches_of(data, 10))
+      else:
+        hvp_fn, _, n = sd.get_hvp_fn(
+            loss, params, data, batch_size=10,
+            devices=jax.devices()[:num_processes * devices_each])
+      return n, hvp_fn
+    kwargs = dict(num_draws=2, precision='float64', basis=basis,
+                  checkpoint_dir=tmp_path / 'ckpt', checkpoint_every=5)
+    (n, hvp_fn), reports = operator(loss), []
+    resumed = sd.lanczos_draws(hvp_fn, n, 12, jax.random.key(0),
+                               progress=reports.append, **kwargs)
+    assert not reports
+    np.testing.assert_allclose(resumed.tridiag, tridiag, rtol=1e-5,
+                               atol=1e-9)
+    n, nan_fn = operator(lambda p, b: loss(p, b) * np.nan)
+    with pytest.raises(ValueError, match='another computation: its operator '
+                       'gives another product of the probe vector'):
+      sd.lanczos_draws(nan_fn, n, 12, jax.random.key(0), **kwargs)

@@ -146,3 +146,55 @@ def test_non_finite_product_raises_with_the_lanczos_step():
   hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=5)
   with pytest.raises(FloatingPointError, match='Lanczos step 0'):
     sd.lanczos_alg(hvp_fn, n, 4, jax.random.key(0))
+
+
+def test_float64_precision_computes_products_in_float64():
+  """float32 params and data: precision='float64' gives the tridiagonal of
+  the float64 model; 'mixed' keeps the float32 products."""
+  params = tp.mlp_params(5, 4, 3, dtype=jnp.float32)
+  data = tp.classification_data(60, 5, 3)
+  data32 = dict(data, x=data['x'].astype(np.float32))
+  hvp32, _, n = sd.get_hvp_fn(tp.mlp_loss, params, data32, batch_size=20)
+  params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+  hvp64, _, _ = sd.get_hvp_fn(tp.mlp_loss, params64, data32, batch_size=20)
+  key = jax.random.key(0)
+  reference = sd.lanczos_alg(hvp64, n, 10, key, precision='float64')[0]
+  for basis in ('device', 'host'):
+    tridiag = sd.lanczos_alg(hvp32, n, 10, key, precision='float64',
+                             basis=basis)[0]
+    np.testing.assert_allclose(tridiag, reference, rtol=1e-12, atol=1e-15)
+  streamed, _, _ = sd.get_hvp_fn(tp.mlp_loss, params,
+                                 tp.batches_of(data32, 20))
+  np.testing.assert_allclose(
+      sd.lanczos_alg(streamed, n, 10, key, precision='float64')[0],
+      reference, rtol=1e-12, atol=1e-15)
+  mixed = sd.lanczos_alg(hvp32, n, 10, key, precision='mixed')[0]
+  assert np.abs(mixed - reference).max() > 1e-10  # float32 products
+  np.testing.assert_allclose(mixed, reference, rtol=1e-4, atol=1e-5)
+  assert hvp32.dtype == np.float32  # the operator itself is unchanged
+
+
+def test_non_finite_streamed_product_stops_after_one_pass():
+  loss, params, data = _mlp_problem(20)
+  data['x'][3, 0] = np.nan
+  passes = []
+  def batches():
+    passes.append(1)
+    return iter(tp.batches_of(data, 5))
+  hvp_fn, _, n = sd.get_hvp_fn(loss, params, batches)
+  passes.clear()
+  with pytest.raises(FloatingPointError, match=r'Lanczos step 0 \(draw 0\)'):
+    sd.lanczos_alg(hvp_fn, n, 8, jax.random.key(0))
+  assert len(passes) == 1
+
+
+def test_gradient_and_loss_raise_on_non_finite_values():
+  loss, params, data = _mlp_problem(20)
+  data['x'][3, 0] = np.nan
+  for dataset, kwargs in ((data, dict(batch_size=5)),
+                          (tp.batches_of(data, 5), {})):
+    hvp_fn, _, _ = sd.get_hvp_fn(loss, params, dataset, **kwargs)
+    with pytest.raises(FloatingPointError, match='gradient: the mean over'):
+      hvp_fn.gradient()
+    with pytest.raises(FloatingPointError, match='loss: the mean over'):
+      hvp_fn.loss()

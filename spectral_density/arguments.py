@@ -1,0 +1,127 @@
+"""Argument checks of `lanczos_draws`, `lanczos_alg` and `get_hvp_fn`.
+
+A bad argument gets a `ValueError` or `TypeError` that names it, here, before
+any tracing: never a traceback from inside XLA, a scan or numpy.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def positive_int(name, value, minimum=1):
+  """`value` as an int ``>= minimum``; bools and floats (2.5) are refused."""
+  if (isinstance(value, (bool, np.bool_)) or
+      not isinstance(value, (int, np.integer))):
+    raise TypeError(f'{name}: must be an int >= {minimum}, got {value!r} '
+                    f'({type(value).__name__}).')
+  if value < minimum:
+    raise ValueError(f'{name}: must be >= {minimum}, got {value}.')
+  return int(value)
+
+
+def optional_int(name, value):
+  """None, or a positive int."""
+  return None if value is None else positive_int(name, value)
+
+
+def check_sizes(matvec, dim, order, num_draws):
+  """``(dim, order, num_draws)`` as ints; `dim` must match an operator."""
+  dim = positive_int('dim', dim)
+  if (isinstance(order, (bool, np.bool_)) or
+      not isinstance(order, (int, np.integer))):
+    raise TypeError(f'order: must be an int, got {order!r} '
+                    f'({type(order).__name__}).')
+  if not 1 <= order <= dim:
+    raise ValueError(f'order: must satisfy 1 <= order <= dim = {dim}, '
+                     f'got {order}.')
+  num_params = getattr(matvec, 'num_params', None)
+  if num_params is not None and num_params != dim:
+    raise ValueError(f'dim: {dim} does not match the operator, which has '
+                     f'num_params = {num_params}.')
+  return dim, int(order), positive_int('num_draws', num_draws)
+
+
+def check_matvec(matvec, dim, dtype):
+  """A plain matvec must map a ``[dim]`` vector of `dtype` to a real
+  floating ``[dim]`` vector (checked by tracing it once, no product)."""
+  if not callable(matvec):
+    raise TypeError(f'matvec: must be callable, got {type(matvec).__name__}.')
+  try:
+    out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((dim,), dtype))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'dim: matvec fails on a vector of shape [dim] = [{dim}] ({dtype}): '
+        f'is dim the size of the operator? ({type(e).__name__}: {e})') from e
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise TypeError('matvec: must return one array [dim], got '
+                    f'{jax.tree.structure(out)}.')
+  if out.shape != (dim,):
+    raise ValueError(f'matvec: must return shape [dim] = [{dim}], got '
+                     f'{list(out.shape)}.')
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise TypeError(f'matvec: must return real floating values, got '
+                    f'{out.dtype}.')
+
+
+def check_tol(tol, matvec_dtype):
+  """The breakdown tolerance: default ``10 x eps``; a float in ``[0, 1)``."""
+  if tol is None:
+    return 10 * float(jnp.finfo(matvec_dtype).eps)
+  if (isinstance(tol, (bool, np.bool_)) or
+      not isinstance(tol, (int, float, np.integer, np.floating))):
+    raise TypeError(f'tol: must be a float in [0, 1), got {tol!r}.')
+  if not 0 <= tol < 1:
+    raise ValueError(f'tol: must be a float in [0, 1), got {tol}.')
+  return float(tol)
+
+
+def check_masks(masks, num_draws, dim, dtype):
+  """`projection_masks`: None, or ``[num_draws, dim]`` of 0/1 with a one in
+  every row (values are checked unless traced)."""
+  if masks is None:
+    return None
+  if not isinstance(masks, jax.core.Tracer):
+    masks = np.asarray(masks)
+    if masks.dtype == object or not np.issubdtype(masks.dtype, np.number):
+      raise TypeError('projection_masks: must be a numeric array, got '
+                      f'{masks.dtype}.')
+  if tuple(masks.shape) != (num_draws, dim):
+    raise ValueError(
+        'projection_masks: must have shape [num_draws, dim] = '
+        f'[{num_draws}, {dim}], got {list(masks.shape)}.')
+  if not isinstance(masks, jax.core.Tracer):
+    if not np.all((masks == 0) | (masks == 1)):
+      raise ValueError('projection_masks: entries must be 0 or 1.')
+    empty = np.flatnonzero(~masks.any(axis=1))
+    if empty.size:
+      raise ValueError(f'projection_masks: row {int(empty[0])} has no 1: '
+                       'its draw would start from the zero vector.')
+  return jnp.asarray(masks, dtype)
+
+
+def check_loss_form(curvature, loss):
+  """Raises if `loss` is not the form `curvature` needs (see `hessian`)."""
+  if curvature == 'ggn':
+    if not (isinstance(loss, tuple) and len(loss) == 2 and
+            all(callable(f) for f in loss)):
+      raise ValueError(
+          "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss), "
+          'with model_fn(params, batch) -> outputs and output_loss(outputs, '
+          f'batch) -> scalar, got {type(loss).__name__}.')
+  elif not callable(loss):
+    hint = (" (a pair (model_fn, output_loss) goes with curvature='ggn')"
+            if isinstance(loss, tuple) else '')
+    raise TypeError(f"loss: curvature={curvature!r} needs a function "
+                    f'loss(params, batch), got {type(loss).__name__}{hint}.')
+
+
+def check_batch_size(batch_size):
+  """None (streamed datasets), or a positive int."""
+  if batch_size is None:
+    return
+  if (isinstance(batch_size, (bool, np.bool_)) or
+      not isinstance(batch_size, (int, np.integer))):
+    raise TypeError(f'batch_size: must be a positive int, got {batch_size!r}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size: must be a positive int, got {batch_size}.')
