@@ -1,8 +1,10 @@
-"""Argument checks of `lanczos_draws`, `lanczos_alg` and `get_hvp_fn`.
+"""Argument checks shared by the public functions.
 
 A bad argument gets a `ValueError` or `TypeError` that names it, here, before
 any tracing: never a traceback from inside XLA, a scan or numpy.
 """
+
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +12,10 @@ import numpy as np
 
 
 def positive_int(name, value, minimum=1):
-  """`value` as an int ``>= minimum``; bools and floats (2.5) are refused."""
-  if (isinstance(value, (bool, np.bool_)) or
-      not isinstance(value, (int, np.integer))):
-    raise TypeError(f'{name}: must be an int >= {minimum}, got {value!r} '
-                    f'({type(value).__name__}).')
+  """`value` as an int ``>= minimum``; bools and non-integers are refused."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (numbers.Integral, np.integer)):
+    raise TypeError(f'{name}: must be an int >= {minimum}, got {value!r}.')
   if value < minimum:
     raise ValueError(f'{name}: must be >= {minimum}, got {value}.')
   return int(value)
@@ -23,6 +24,58 @@ def positive_int(name, value, minimum=1):
 def optional_int(name, value):
   """None, or a positive int."""
   return None if value is None else positive_int(name, value)
+
+
+def positive_float(name, value, allow_zero=False):
+  """`value` as a finite float ``> 0`` (``>= 0`` with `allow_zero`)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (numbers.Real, np.floating, np.integer)):
+    raise TypeError(f'{name}: must be a real number, got {value!r}.')
+  value = float(value)
+  if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    bound = '>= 0' if allow_zero else '> 0'
+    raise ValueError(f'{name}: must be finite and {bound}, got {value}.')
+  return value
+
+
+def boolean(name, value):
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f'{name}: must be True or False, got {value!r}.')
+  return bool(value)
+
+
+def real_array(name, value, ndims, dtype=np.float64):
+  """`value` as a finite real numpy array with one of the ranks `ndims`.
+
+  Args:
+    name: the argument's name, for the message.
+    value: anything `np.asarray` takes; ragged nesting is refused.
+    ndims: allowed numbers of dimensions.
+    dtype: dtype of the returned array; None keeps a floating dtype and
+      makes integers float64.
+
+  Returns:
+    The numpy array.
+  """
+  try:
+    array = np.asarray(value)
+  except ValueError as e:  # ragged nesting: "inhomogeneous shape"
+    raise ValueError(f'{name}: arrays of different shapes ({e}).') from None
+  if array.dtype == object or not (np.issubdtype(array.dtype, np.floating) or
+                                   np.issubdtype(array.dtype, np.integer)):
+    raise TypeError(f'{name}: must be a real array, got dtype {array.dtype}.')
+  if array.ndim not in ndims:
+    raise ValueError(f'{name}: must have {" or ".join(map(str, ndims))} '
+                     f'dimensions, got shape {array.shape}.')
+  if array.size == 0:
+    raise ValueError(f'{name}: is empty (shape {array.shape}).')
+  if dtype is None:
+    floating = np.issubdtype(array.dtype, np.floating)
+    dtype = array.dtype if floating else np.float64
+  array = array.astype(dtype, copy=False)
+  if not np.all(np.isfinite(array)):
+    raise ValueError(f'{name}: has non-finite values (NaN or inf).')
+  return array
 
 
 def check_sizes(matvec, dim, order, num_draws):
@@ -118,10 +171,5 @@ def check_loss_form(curvature, loss):
 
 def check_batch_size(batch_size):
   """None (streamed datasets), or a positive int."""
-  if batch_size is None:
-    return
-  if (isinstance(batch_size, (bool, np.bool_)) or
-      not isinstance(batch_size, (int, np.integer))):
-    raise TypeError(f'batch_size: must be a positive int, got {batch_size!r}.')
-  if batch_size < 1:
-    raise ValueError(f'batch_size: must be a positive int, got {batch_size}.')
+  if batch_size is not None:
+    positive_int('batch_size', batch_size)

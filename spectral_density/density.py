@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_density import checks
+from spectral_density import arguments
 
 # The default grid reaches this many kernel widths beyond the outermost nodes:
 # the Gaussian mass beyond 6 sigma is 1e-9, so the normalisation on the grid
@@ -37,7 +37,7 @@ def _traced(x):
 
 def _check_tridiag(value, name='tridiag_list'):
   """A concrete ``[num_draws, order, order]`` symmetric tridiagonal stack."""
-  tridiag = checks.real_array(name, value, (2, 3))
+  tridiag = arguments.real_array(name, value, (2, 3))
   tridiag = tridiag[None] if tridiag.ndim == 2 else tridiag
   if tridiag.shape[1] != tridiag.shape[2]:
     raise ValueError(f'{name}: each matrix must be square [order, order], '
@@ -133,7 +133,7 @@ def tridiag_to_eigv(tridiag_list, *, return_vectors=False):
       tridiagonal, empty or not finite.
     TypeError: `tridiag_list` is not a real array.
   """
-  return_vectors = checks.boolean('return_vectors', return_vectors)
+  return_vectors = arguments.boolean('return_vectors', return_vectors)
   if _traced(tridiag_list):
     out = _golub_welsch(jnp, _check_traced_tridiag(tridiag_list))
   else:
@@ -158,7 +158,7 @@ def _node_range(nodes, weights, per_draw_mean):
 
 
 def _check_grids(grids, normalize):
-  grids = checks.real_array('grids', grids, (1,))
+  grids = arguments.real_array('grids', grids, (1,))
   if normalize and (grids.size < 2 or np.any(np.diff(grids) <= 0)):
     raise ValueError('grids: normalize=True needs at least 2 strictly '
                      'increasing points (the integral is taken over them).')
@@ -205,12 +205,12 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
   Raises:
     ValueError, TypeError: naming the bad argument.
   """
-  nodes = np.atleast_2d(checks.real_array('eig_vals', eig_vals, (1, 2)))
+  nodes = np.atleast_2d(arguments.real_array('eig_vals', eig_vals, (1, 2)))
   if all_weights is None:
     weights = np.full(nodes.shape, 1.0 / nodes.shape[1])
   else:
     weights = np.atleast_2d(
-        checks.real_array('all_weights', all_weights, (1, 2)))
+        arguments.real_array('all_weights', all_weights, (1, 2)))
     if weights.shape != nodes.shape:
       raise ValueError(f'all_weights: shape {weights.shape} differs from '
                        f'eig_vals\' {nodes.shape}.')
@@ -219,19 +219,19 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
                        'every draw.')
   if sigma is not None and sigma_squared is not None:
     raise ValueError('sigma, sigma_squared: give one of them, not both.')
-  grid_len = checks.positive_int('grid_len', grid_len, minimum=2)
-  chunk = checks.positive_int('chunk', chunk)
-  normalize = checks.boolean('normalize', normalize)
+  grid_len = arguments.positive_int('grid_len', grid_len, minimum=2)
+  chunk = arguments.positive_int('chunk', chunk)
+  normalize = arguments.boolean('normalize', normalize)
   if grid_expand is not None:
-    grid_expand = checks.positive_float('grid_expand', grid_expand,
+    grid_expand = arguments.positive_float('grid_expand', grid_expand,
                                         allow_zero=True)
   low, high = _node_range(nodes, weights, per_draw_mean=grid_expand is not None)
   if grid_expand is not None:
     low, high = low - grid_expand, high + grid_expand
   if sigma is not None:
-    sigma = checks.positive_float('sigma', sigma)
+    sigma = arguments.positive_float('sigma', sigma)
   else:
-    sigma_squared = checks.positive_float(
+    sigma_squared = arguments.positive_float(
         'sigma_squared',
         DEFAULT_SIGMA_SQUARED if sigma_squared is None else sigma_squared)
     sigma = np.sqrt(sigma_squared * max(1.0, high - low))
@@ -289,8 +289,8 @@ def exact_density(eigenvalues, grids, sigma):
   The reference SLQ estimates: ``(1/n) sum_j N(t; lambda_j, sigma^2)``, not
   renormalised.
   """
-  eigenvalues = checks.real_array('eigenvalues', eigenvalues, (1,))
-  grids = checks.real_array('grids', grids, (1,))
+  eigenvalues = arguments.real_array('eigenvalues', eigenvalues, (1,))
+  grids = arguments.real_array('grids', grids, (1,))
   weights = np.full((1, eigenvalues.size), 1.0 / eigenvalues.size)
   return eigv_to_density(eigenvalues[None], weights, grids, sigma=sigma,
                          normalize=False)[0]

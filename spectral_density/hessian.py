@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
-from spectral_density import checks
+from spectral_density import arguments
 
 CURVATURES = ('hessian', 'ggn', 'fisher')
 _NO_BATCH = object()  # `full_hessian(loss, params)`: the batch closed over
@@ -124,12 +124,7 @@ def fisher_vp(per_example_loss, params, batch, v):
 
 def _ggn_pair(loss):
   """``(model_fn, output_loss)``, or a ValueError saying what 'ggn' needs."""
-  if not (isinstance(loss, tuple) and len(loss) == 2 and
-          all(callable(f) for f in loss)):
-    raise ValueError(
-        "loss: curvature='ggn' needs the pair loss=(model_fn, output_loss) "
-        'with model_fn(params, batch) -> outputs and output_loss(outputs, '
-        f'batch) -> scalar; got {type(loss).__name__}.')
+  arguments.check_loss_form('ggn', loss)
   return loss
 
 
@@ -197,8 +192,8 @@ def dense_matrix(matvec, dim, *, chunk_size=256, dtype=None):
     numpy array ``[dim, dim]``; column ``j`` is ``matvec(e_j)``.
   """
   _check_callable('matvec', matvec)
-  dim = checks.positive_int('dim', dim)
-  chunk_size = checks.positive_int('chunk_size', chunk_size)
+  dim = arguments.positive_int('dim', dim)
+  chunk_size = arguments.positive_int('chunk_size', chunk_size)
   dtype = dtype or jnp.result_type(float)
   out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((dim,), dtype))
   if getattr(out, 'shape', None) != (dim,):
@@ -268,7 +263,7 @@ def exact_eigenvalues(matrix):
   The matrix is symmetrised first: a Hessian assembled from products is only
   symmetric up to rounding.
   """
-  matrix = checks.real_array('matrix', matrix, (2,), dtype=None)
+  matrix = arguments.real_array('matrix', matrix, (2,), dtype=None)
   if matrix.shape[0] != matrix.shape[1]:
     raise ValueError(f'matrix: must be square, got shape {matrix.shape}.')
   _check_symmetric(matrix)

@@ -11,7 +11,7 @@ import collections.abc
 import matplotlib.pyplot as plt
 import numpy as np
 
-from spectral_density import checks
+from spectral_density import arguments
 from spectral_density import density as density_lib
 
 LOG_FLOOR = 1e-7
@@ -39,13 +39,13 @@ def plot_density(grid, density, *, ax=None, label=None, log=True,
   Returns:
     The axes.
   """
-  grid = checks.real_array('grid', grid, (1,))
-  density = checks.real_array('density', density, (1,))
+  grid = arguments.real_array('grid', grid, (1,))
+  density = arguments.real_array('density', density, (1,))
   if density.shape != grid.shape:
     raise ValueError(f'density: shape {density.shape} differs from grid\'s '
                      f'{grid.shape}.')
-  log = checks.boolean('log', log)
-  floor = checks.positive_float('floor', floor)
+  log = arguments.boolean('log', log)
+  floor = arguments.positive_float('floor', floor)
   ax = _axes(ax)
   if log:
     density = np.maximum(density, floor)

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from scipy import special
 
-from spectral_density import checks
+from spectral_density import arguments
 from spectral_density import density as density_lib
 from spectral_density import lanczos
 from spectral_density import operators
@@ -50,7 +50,7 @@ class SpectrumResult:
   vecs: Optional[np.ndarray] = None
 
   def __post_init__(self):
-    self.dim = checks.positive_int('dim', self.dim)
+    self.dim = arguments.positive_int('dim', self.dim)
     self.tridiag = np.asarray(self.tridiag)
     if self.tridiag.ndim != 3 or (self.tridiag.shape[1] !=
                                   self.tridiag.shape[2]):
@@ -89,7 +89,7 @@ class SpectrumResult:
                                        sigma=sigma, **kwargs)
 
   def _check_k(self, k, steps):
-    k = checks.positive_int('k', k)
+    k = arguments.positive_int('k', k)
     if k > steps:
       raise ValueError(f'k: must be in [1, {steps}] (valid Lanczos steps), '
                        f'got {k}.')
@@ -132,7 +132,7 @@ class SpectrumResult:
     if sigma is None:
       mass = np.sum(self.weights * (self.nodes < 0), axis=1)
     else:
-      sigma = checks.positive_float('sigma', sigma)
+      sigma = arguments.positive_float('sigma', sigma)
       mass = np.sum(self.weights * special.ndtr(-self.nodes / sigma), axis=1)
     return float(np.mean(mass))
 
@@ -149,7 +149,7 @@ class SpectrumResult:
                        'keep_vecs=True.')
     if draw is None:
       draw = int(np.argmax(np.where(self._valid(), self.nodes, -np.inf).max(1)))
-    draw = checks.positive_int('draw', draw, minimum=0)
+    draw = arguments.positive_int('draw', draw, minimum=0)
     if draw >= self.num_draws:
       raise ValueError(f'draw: must be < num_draws = {self.num_draws}, got '
                        f'{draw}.')
@@ -166,7 +166,7 @@ class SpectrumResult:
     With `vector` the full-batch gradient this is the paper's gradient
     concentration in the outlier eigenspace.
     """
-    g = checks.real_array('vector', vector, (1,))
+    g = arguments.real_array('vector', vector, (1,))
     if g.shape != (self.dim,):
       raise ValueError(f'vector: must have shape ({self.dim},), got '
                        f'{g.shape}.')
@@ -179,7 +179,7 @@ class SpectrumResult:
 
   def summary(self, k=10):
     """A dict of the scalar estimators (JSON-ready)."""
-    k = min(checks.positive_int('k', k), int(self.num_steps.min()))
+    k = min(arguments.positive_int('k', k), int(self.num_steps.min()))
     return {
         'lambda_max': self.lambda_max, 'lambda_min': self.lambda_min,
         f'lambda_1/lambda_{k}': self.eigenvalue_ratio(k),
