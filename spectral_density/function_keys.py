@@ -10,7 +10,9 @@ table is a bounded LRU, so it keeps at most `MAX_FUNCTIONS` of them alive.
 
 A closure over new arrays is a new computation (the arrays are compiled in as
 constants), so it gets its own entry; pass such values through the parameters
-or the batch to reuse one program.
+or the batch to reuse one program. A closure over a mutable container (a dict,
+a list, a numpy array: unhashable) is never shared, since its contents may
+have changed in place since a program was compiled from it.
 """
 
 import collections
@@ -29,13 +31,14 @@ _SCALARS = (bool, int, float, complex, str, bytes, type(None))
 _table = collections.OrderedDict()
 
 
-class _Traced(Exception):
-  """A closure over a tracer: valid only inside its own trace."""
+class _Unshared(Exception):
+  """A closure over a tracer (valid only inside its own trace) or over a
+  mutable container."""
 
 
 def _value_key(x, depth):
   if isinstance(x, jax.core.Tracer):
-    raise _Traced()
+    raise _Unshared()
   if isinstance(x, _SCALARS):
     return ('value', type(x), x)
   if isinstance(x, tuple):
@@ -43,6 +46,11 @@ def _value_key(x, depth):
   if depth < _MAX_DEPTH and isinstance(
       x, (types.FunctionType, functools.partial)):
     return function_key(x, depth + 1)
+  if not isinstance(x, jax.Array):  # immutable, though unhashable
+    try:
+      hash(x)
+    except TypeError as e:  # mutable: its contents may change in place
+      raise _Unshared() from e
   return ('id', id(x))  # kept alive by the canonical function that holds it
 
 
@@ -74,7 +82,7 @@ def canonical(fn):
   """The first live function (or tuple of functions) with `fn`'s key."""
   try:
     key = function_key(fn)
-  except _Traced:
+  except _Unshared:
     return fn
   if key[0] == 'id':  # nothing to share: keep no reference
     return fn

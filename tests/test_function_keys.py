@@ -74,3 +74,15 @@ def test_function_key_compares_code_and_captured_objects():
   assert key(make(a)) != key(make(b))
   assert key(make(1.5)) == key(make(1.5)) != key(make(2.5))
   assert key(lambda v: v) != key(lambda v: v + 1)
+
+
+def test_a_closure_over_a_mutated_numpy_array_is_not_reused():
+  """A numpy array can change in place: its closures are never shared."""
+  mat = np.diag(np.arange(1.0, 7.0))
+  first, _ = sd.lanczos_alg(lambda v: mat @ v, 6, 6, jax.random.key(0))
+  mat *= 2.0
+  second, _ = sd.lanczos_alg(lambda v: mat @ v, 6, 6, jax.random.key(0))
+  np.testing.assert_allclose(np.linalg.eigvalsh(first), np.arange(1.0, 7.0),
+                             rtol=1e-10)
+  np.testing.assert_allclose(np.linalg.eigvalsh(second),
+                             2 * np.arange(1.0, 7.0), rtol=1e-10)
