@@ -9,7 +9,8 @@ spectrum of the training loss's Hessian (`experiments.probe`).
 
 Order of work at step s (s updates done):
   1. population statistics refreshed (norm='population': every
-     `population_refresh_steps`, and at every snapshot step);
+     `population_refresh_steps` before the last step, and at every snapshot
+     step);
   2. the spectrum snapshot, if s is a snapshot step;
   3. the update s -> s + 1 (unless s = num_steps);
   4. at s + 1: training log, evaluation, checkpoint, as configured.
@@ -351,9 +352,10 @@ def train_and_evaluate(config, workdir):
 
   stopped_early = False
   for step in range(start_step, num_steps + 1):
+    # (Not after the last update unless a snapshot needs it: nothing uses it.)
     if norm == 'population' and (
-        step % config.model.population_refresh_steps == 0 or
-        step in snapshot_steps):
+        (step % config.model.population_refresh_steps == 0 and
+         step < num_steps) or step in snapshot_steps):
       rstate = refresh_population_stats(population_stats, rstate,
                                         population_set)
     if step in snapshot_steps:

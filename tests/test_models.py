@@ -98,9 +98,11 @@ def test_variable_collections_of_each_norm(kind):
                          'none': ['params'], 'skipinit': ['params']}
 
 
-@pytest.mark.parametrize('kind', ['cifar', 'imagenet', 'preact'])
-@pytest.mark.parametrize('norm', models.NORMS)
-@pytest.mark.parametrize('bn_mode', models.BN_MODES)
+# bn_mode matters only to 'batch'; the other norms run in 'train' mode.
+@pytest.mark.parametrize('kind', ['imagenet', 'preact'])
+@pytest.mark.parametrize('norm, bn_mode', [
+    ('batch', 'train'), ('batch', 'eval'), ('population', 'train'),
+    ('none', 'train'), ('skipinit', 'train')])
 def test_every_variant_has_finite_loss_and_gradient(kind, norm, bn_mode):
   model = TINY[kind](norm=norm)
   params, state = models.split_variables(
@@ -255,8 +257,6 @@ def test_plain_resnet_scales_the_last_convolution_of_each_branch():
 
 
 def test_option_a_shortcut_average_pools_and_zero_pads_channels():
-  model = TINY['preact'](norm='none')
-  variables = models.init_variables(model, jax.random.key(0), (1, 8, 8, 3))
   x = images((2, 8, 8, 4))
   block = models.resnets.PreActBlock(
       8, strides=2, activate_before_residual=False,
@@ -270,7 +270,6 @@ def test_option_a_shortcut_average_pools_and_zero_pads_channels():
   expected = np.concatenate([np.zeros((2, 4, 4, 2)), pooled,
                              np.zeros((2, 4, 4, 2))], -1)
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-  del variables
 
 
 def test_authors_batch_norm_has_epsilon_1e3_and_momentum_0_9():

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import compare
 from experiments import plots
 from experiments import workdir as wd
 import spectral_density as sd
@@ -143,3 +144,18 @@ def test_comparison_of_runs(tmp_path):
     plots.plot_spectra_side_by_side([a, c], ['A', 'C'], out)
   plots.plot_training_loss_variants([a, b], ['A', 'B'], out)
   assert os.path.getsize(out) > 5_000
+
+
+def test_compare_writes_its_three_files_and_refuses_other_directories(
+    tmp_path):
+  a = make_run(tmp_path / 'a')
+  b = make_run(tmp_path / 'b', scale=2.0)
+  out = str(tmp_path / 'out')
+  table = compare.compare([a, b], None, out)
+  assert sorted(os.listdir(out)) == ['comparison.md', 'spectra.png',
+                                     'training_loss.png']
+  assert [row.split('|')[1].strip() for row in table.splitlines()[2:]] == [
+      'a', 'b']
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='has no train_metrics.jsonl'):
+    compare.compare([a, str(tmp_path / 'empty')], None, out)
