@@ -84,10 +84,10 @@ def learning_rate_fn(opt_config):
   Returns:
     A jittable function of the step (int array) giving the rate.
   """
-  # optax drops after a boundary b (step > b): b = drop - 1 drops at `drop`.
+  # optax scales from the boundary on (step >= b).
   drops = optax.piecewise_constant_schedule(
       float(opt_config.learning_rate),
-      {int(s) - 1: float(opt_config.lr_drop_factor)
+      {int(s): float(opt_config.lr_drop_factor)
        for s in opt_config.lr_drop_steps})
   warmup = int(opt_config.warmup_steps)
   if not warmup:
