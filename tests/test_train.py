@@ -235,7 +235,9 @@ def test_training_normalises_over_the_batch_the_hessian_uses(num_devices):
     sharded = jax.tree.map(
         lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
     new, metrics = p_step(jax_utils.replicate(state, devices), sharded)
-    return jax.device_get(jax_utils.unreplicate(new)), metrics
+    # (Not jax_utils.unreplicate: on a subset of one device it keeps the
+    # device axis.)
+    return jax.tree.map(lambda x: np.asarray(x)[0], new), metrics
 
   new, metrics = step(train.training_model(model, 'batch'))
   hessian_loss = models.make_loss_fn(model, model_state, 'train', 2e-4)
