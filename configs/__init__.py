@@ -2,5 +2,6 @@
 
 Each file defines `get_config(arg=None)`; `arg='smoke'` (the command line's
 `--config=configs/FILE.py:smoke`) shrinks the experiment to a CPU run of
-seconds. `configs.default.validate` checks a config before training.
+seconds. `experiments.config_checks.validate` checks a config before
+training.
 """

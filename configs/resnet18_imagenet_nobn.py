@@ -1,8 +1,9 @@
 """ResNet-18 without normalisation on ImageNet (the paper's no-BN network).
 
-Same schedule and snapshots as `resnet18_imagenet.py`; batch norm replaced by
-its affine part, residual branches starting at zero (SkipInit, see
-`experiments.models.norm_layer`).
+Same schedule and snapshots as `resnet18_imagenet.py` (a recipe of ours, see
+there); batch norm removed (a plain ResNet, norm 'none'), the last convolution
+of each of the 8 residual branches starting at He's scale / sqrt(8) (see
+`experiments.resnets`). Its learning rate is untested at ImageNet scale.
 """
 
 from configs import default
@@ -10,8 +11,5 @@ from configs import resnet18_imagenet
 
 
 def get_config(arg=None):
-  config = resnet18_imagenet.base_config('none')
-  if default.check_arg(arg, 'resnet18_imagenet_nobn'):
-    resnet18_imagenet.smoke(config)
-  config.lock()
-  return config
+  return default.finish(resnet18_imagenet.base_config('none'), arg,
+                        'resnet18_imagenet_nobn', resnet18_imagenet.smoke)

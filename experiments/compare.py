@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 from experiments import plots
+from experiments import workdir as wd
 
 _WORKDIRS = flags.DEFINE_list('workdirs', None, 'Comma-separated workdirs.',
                               required=True)
@@ -32,6 +33,9 @@ def compare(workdirs, labels, out, step=None):
   for workdir in workdirs:
     if not os.path.isdir(workdir):
       raise ValueError(f'workdir {workdir!r} does not exist.')
+    if not os.path.exists(os.path.join(workdir, wd.TRAIN_LOG)):
+      raise ValueError(f'workdir {workdir!r} has no {wd.TRAIN_LOG}: not the '
+                       'work directory of a run.')
   os.makedirs(out, exist_ok=True)
   plots.plot_training_loss_variants(workdirs, labels,
                                     os.path.join(out, 'training_loss.png'))

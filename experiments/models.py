@@ -1,22 +1,9 @@
 """Models of the paper and the loss functions whose Hessian is studied.
 
-Every model is called as `model.apply(variables, images, train=...)` with images
-`[B, H, W, C]` and returns logits `[B, num_classes]`.
-
-One `ResNet` serves every normalisation variant, chosen by the string `norm`:
-
-  'batch'       `nn.BatchNorm`: mini-batch statistics when `train=True`, running
-                averages (collection 'batch_stats') when `train=False`.
-  'population'  `PopulationBatchNorm`: always normalises with statistics of a
-                fixed sample of the training set (collection
-                'population_stats'), held as constants, so an example's output
-                does not depend on the rest of its batch.
-                `compute_population_stats` fills the collection.
-  'none'        `Affine`: the learnable per-channel scale and bias that batch
-                norm would have added, and no normalisation (see `norm_layer`).
-
-All three variants have the same parameter tree, so parameters move between
-them.
+Every model is called as `model.apply(variables, images, train=..., mask=...)`
+with images `[B, H, W, C]` and returns logits `[B, num_classes]`: the paper's
+MLP (here) and the ResNets (`experiments.resnets`, which describes the
+normalisation variants `norm` and the parameter counts).
 """
 
 import functools
@@ -25,134 +12,16 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-ModuleDef = Any
+from experiments import population
+from experiments import resnets
+
 Dtype = Any
 
-NORMS = ('batch', 'population', 'none')
+NORMS = resnets.NORMS
 BN_MODES = ('train', 'eval')
-POPULATION_STATS = 'population_stats'
-RECORDED_MOMENTS = 'recorded_moments'
-
-# He et al. (2015) initialisation keeps the activation variance constant through
-# ReLU layers; the unnormalised variant relies on it to train.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
-
-
-class PopulationBatchNorm(nn.Module):
-  """Batch norm with population statistics, constant for the gradient.
-
-  Normalises with `mean` and `var` of the collection 'population_stats', the
-  same in training and evaluation. When the collection 'recorded_moments' is
-  mutable (and only then), it normalises with the statistics of the batch
-  instead and writes them to that collection; `compute_population_stats` uses
-  this mode.
-
-  Attributes:
-    epsilon: added to the variance before the square root.
-    dtype: computation dtype; None follows the inputs and parameters.
-    param_dtype: dtype of `scale` and `bias`.
-    scale_init: initialiser of `scale` [C].
-    bias_init: initialiser of `bias` [C].
-  """
-  epsilon: float = 1e-5
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-  scale_init: Callable = nn.initializers.ones
-  bias_init: Callable = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x):
-    """Args: x [..., C]. Returns: normalised, scaled and shifted x, [..., C]."""
-    features = x.shape[-1]
-    reduction_axes = tuple(range(x.ndim - 1))
-    population_mean = self.variable(POPULATION_STATS, 'mean', jnp.zeros,
-                                    (features,), jnp.float32)
-    population_var = self.variable(POPULATION_STATS, 'var', jnp.ones,
-                                   (features,), jnp.float32)
-    scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
-    bias = self.param('bias', self.bias_init, (features,), self.param_dtype)
-    if (self.is_mutable_collection(RECORDED_MOMENTS) and
-        not self.is_initializing()):
-      # Reduce in float32 at least, as nn.BatchNorm does, so that bfloat16
-      # activations still give usable moments.
-      x_wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      mean = x_wide.mean(reduction_axes)
-      var = x_wide.var(reduction_axes)
-      self.put_variable(RECORDED_MOMENTS, 'mean', mean)
-      self.put_variable(RECORDED_MOMENTS, 'var', var)
-    else:
-      mean = jax.lax.stop_gradient(population_mean.value)
-      var = jax.lax.stop_gradient(population_var.value)
-    x, mean, var, scale, bias = nn.dtypes.promote_dtype(
-        x, mean, var, scale, bias, dtype=self.dtype)
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-
-
-class Affine(nn.Module):
-  """Per-channel `x * scale + bias`: batch norm's affine part, unnormalised.
-
-  It stands where batch norm stands in the unnormalised ResNet, so that the
-  network keeps the biases (and the parameter count) of its normalised versions.
-
-  Attributes:
-    dtype: computation dtype; None follows the inputs and parameters.
-    param_dtype: dtype of `scale` and `bias`.
-    scale_init: initialiser of `scale` [C].
-    bias_init: initialiser of `bias` [C].
-  """
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-  scale_init: Callable = nn.initializers.ones
-  bias_init: Callable = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x):
-    """Args: x [..., C]. Returns: x * scale + bias, [..., C]."""
-    features = x.shape[-1]
-    scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
-    bias = self.param('bias', self.bias_init, (features,), self.param_dtype)
-    x, scale, bias = nn.dtypes.promote_dtype(x, scale, bias, dtype=self.dtype)
-    return x * scale + bias
-
-
-def norm_layer(norm: str, train: bool, dtype: Dtype | None,
-               param_dtype: Dtype) -> tuple[ModuleDef, Callable]:
-  """The normalisation module of a variant and its residual-branch scale init.
-
-  With norm='none' the last scale of every residual branch starts at zero, so
-  each block starts as the identity (SkipInit, De & Smith 2020; the
-  zero-initialised branch of Fixup, Zhang et al. 2019) and the signal keeps its
-  He-initialised scale at any depth: this is what lets a ResNet without
-  normalisation train, and it needs no depth-dependent rescaling of weights.
-  The batch-norm variants keep the usual scale of one.
-
-  Args:
-    norm: one of NORMS.
-    train: whether 'batch' uses mini-batch statistics (else running averages).
-    dtype: computation dtype; None follows the inputs and parameters.
-    param_dtype: dtype of the parameters.
-
-  Returns:
-    (norm, residual_scale_init): a module constructor taking keyword overrides,
-    and the initialiser of the last scale of each residual branch.
-  """
-  if norm == 'batch':
-    module = functools.partial(nn.BatchNorm, use_running_average=not train,
-                               momentum=0.9, epsilon=1e-5)
-    residual_scale_init = nn.initializers.ones
-  elif norm == 'population':
-    module = PopulationBatchNorm
-    residual_scale_init = nn.initializers.ones
-  elif norm == 'none':
-    module = Affine
-    residual_scale_init = nn.initializers.zeros
-  else:
-    raise ValueError(f'norm must be one of {NORMS}, got {norm!r}')
-  return (functools.partial(module, dtype=dtype, param_dtype=param_dtype),
-          residual_scale_init)
+POPULATION_STATS = population.POPULATION_STATS
 
 
 class MLP(nn.Module):
@@ -175,12 +44,12 @@ class MLP(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
-    """Args: x [B, ...]; train: unused, for the signature shared by all models.
+  def __call__(self, x, train: bool = True, mask=None):
+    """Args: x [B, ...]; train, mask: unused (the signature of all models).
 
     Returns: logits [B, num_classes].
     """
-    del train
+    del train, mask
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     x = x.reshape((x.shape[0], -1))
@@ -189,93 +58,12 @@ class MLP(nn.Module):
     return dense(self.num_classes)(x)
 
 
-class ResNetBlock(nn.Module):
-  """Basic residual block: two 3x3 convolutions, projection shortcut on a change
-  of shape (He et al. 2016, option B).
-
-  Attributes:
-    filters: output channels.
-    conv: convolution constructor.
-    norm: normalisation constructor.
-    residual_scale_init: initialiser of the last scale of the branch.
-    strides: stride of the first convolution and of the projection.
-  """
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  residual_scale_init: Callable
-  strides: int = 1
-
-  @nn.compact
-  def __call__(self, x):
-    """Args: x [B, H, W, C]. Returns: [B, H/strides, W/strides, filters]."""
-    y = self.conv(self.filters, (3, 3), self.strides, name='conv_0')(x)
-    y = nn.relu(self.norm(name='norm_0')(y))
-    y = self.conv(self.filters, (3, 3), name='conv_1')(y)
-    y = self.norm(scale_init=self.residual_scale_init, name='norm_1')(y)
-    if x.shape != y.shape:
-      x = self.conv(self.filters, (1, 1), self.strides, name='conv_proj')(x)
-      x = self.norm(name='norm_proj')(x)
-    return nn.relu(x + y)
-
-
-class ResNet(nn.Module):
-  """ResNet v1 with basic blocks, for CIFAR or ImageNet inputs.
-
-  Attributes:
-    stage_sizes: blocks per stage; each stage after the first halves the
-      resolution and doubles the channels.
-    num_filters: channels of the stem and of the first stage.
-    stem: 'cifar' (3x3 convolution) or 'imagenet' (7x7 stride-2 convolution and
-      3x3 stride-2 max-pool).
-    num_classes: number of logits.
-    norm: one of NORMS, see the module docstring.
-    dtype: computation dtype; None follows the inputs and parameters.
-    param_dtype: dtype of the parameters.
-  """
-  stage_sizes: Sequence[int]
-  num_filters: int
-  stem: str
-  num_classes: int
-  norm: str = 'batch'
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = True):
-    """Args: x [B, H, W, C]; train: mini-batch statistics for norm='batch'.
-
-    Returns: logits [B, num_classes].
-    """
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    norm, residual_scale_init = norm_layer(self.norm, train, self.dtype,
-                                           self.param_dtype)
-    if self.stem == 'imagenet':
-      x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-               name='conv_init')(x)
-    elif self.stem == 'cifar':
-      x = conv(self.num_filters, (3, 3), name='conv_init')(x)
-    else:
-      raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
-    x = nn.relu(norm(name='norm_init')(x))
-    if self.stem == 'imagenet':
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-    for stage, num_blocks in enumerate(self.stage_sizes):
-      for block in range(num_blocks):
-        x = ResNetBlock(self.num_filters * 2**stage, conv, norm,
-                        residual_scale_init,
-                        strides=2 if stage > 0 and block == 0 else 1)(x)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype,
-                    param_dtype=self.param_dtype)(x)
-
-
-ResNet32 = functools.partial(ResNet, stage_sizes=(5, 5, 5), num_filters=16,
-                             stem='cifar')
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), num_filters=64,
-                             stem='imagenet')
-MODELS = {'mlp': MLP, 'resnet32': ResNet32, 'resnet18': ResNet18}
+# The ResNets live in `experiments.resnets`; named here too, for the callers.
+PreActResNet, ResNet = resnets.PreActResNet, resnets.ResNet
+ResNet32, ResNet32He, ResNet18 = (resnets.ResNet32, resnets.ResNet32He,
+                                  resnets.ResNet18)
+MODELS = {'mlp': MLP, 'resnet32': ResNet32, 'resnet32_he': ResNet32He,
+          'resnet18': ResNet18}
 
 
 def create_model(name: str, num_classes: int, norm: str,
@@ -283,7 +71,7 @@ def create_model(name: str, num_classes: int, norm: str,
   """The model of a config name.
 
   Args:
-    name: one of MODELS ('mlp', 'resnet32', 'resnet18').
+    name: one of MODELS.
     num_classes: number of logits.
     norm: one of NORMS; the MLP has no normalisation and takes only 'none'.
     dtype: computation dtype; None follows the inputs and parameters.
@@ -301,6 +89,8 @@ def create_model(name: str, num_classes: int, norm: str,
       raise ValueError(f"the MLP has no normalisation: norm must be 'none', "
                        f'got {norm!r}')
     return MLP(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
+  if norm not in NORMS:
+    raise ValueError(f'norm must be one of {NORMS}, got {norm!r}')
   return MODELS[name](num_classes=num_classes, norm=norm, dtype=dtype,
                       param_dtype=param_dtype)
 
@@ -327,54 +117,27 @@ def split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
   return variables['params'], model_state
 
 
-def compute_population_stats(model: nn.Module, variables: Mapping[str, Any],
-                             images: np.ndarray, batch_size: int) -> dict:
-  """Pooled per-layer mean and variance of each PopulationBatchNorm on a sample.
+def decayed(params: Any) -> Any:
+  """Which parameters weight decay applies to: the convolution and dense
+  kernels (the authors' 'DW' variables), not biases or normalisation scales.
 
-  Runs the model over `images` in batches, each layer normalising with the
-  statistics of its batch, as in batch-norm training, and pools the per-batch
-  moments exactly (weighted by batch size, in float64; not a moving average).
-  With batch_size >= len(images) this is the fixed point at which every layer is
-  normalised by the whole-sample mean and variance of its own input; smaller
-  batches approximate it as "precise batch norm" does.
-
-  Args:
-    model: a model with norm='population'.
-    variables: its variables, with 'params' and 'population_stats'.
-    images: the sample, [N, H, W, C] float.
-    batch_size: examples per forward pass.
-
-  Returns:
-    The new 'population_stats' collection, same tree and dtypes as the old one.
+  Returns: a tree of bools with the structure of params.
   """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
 
-  @jax.jit
-  def batch_moments(variables, images_batch):
-    _, state = model.apply(variables, images_batch, train=False,
-                           mutable=[RECORDED_MOMENTS])
-    return state[RECORDED_MOMENTS]
 
-  def is_layer(node):
-    return isinstance(node, Mapping) and set(node) == {'mean', 'var'}
+def weight_decay_penalty(params: Any, weight_decay: float) -> jax.Array:
+  """`weight_decay * sum(||w||^2 / 2)` over the decayed kernels (TF's l2_loss).
 
-  num_examples = len(images)
-  weighted_sums = None
-  for start in range(0, num_examples, batch_size):
-    batch = images[start:start + batch_size]
-    weight = len(batch) / num_examples
-    # Pool the first and the raw second moment, E[x^2] = var + mean^2 per batch.
-    batch_sums = jax.tree.map(
-        lambda m: {'mean': weight * np.asarray(m['mean'], np.float64),
-                   'var': weight * (np.asarray(m['var'], np.float64) +
-                                    np.asarray(m['mean'], np.float64)**2)},
-        batch_moments(variables, batch), is_leaf=is_layer)
-    weighted_sums = (batch_sums if weighted_sums is None else
-                     jax.tree.map(np.add, weighted_sums, batch_sums))
-  pooled = jax.tree.map(
-      lambda s: {'mean': s['mean'], 'var': s['var'] - s['mean']**2},
-      weighted_sums, is_leaf=is_layer)
-  return jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype),
-                      pooled, variables[POPULATION_STATS])
+  Its gradient is `weight_decay * w` on the kernels, what the optimizer adds
+  (`optax.add_decayed_weights` with the mask `decayed`).
+  """
+  mask = jax.tree.leaves(decayed(params))
+  squares = [jnp.sum(jnp.square(p.astype(jnp.promote_types(p.dtype,
+                                                           jnp.float32))))
+             for p, m in zip(jax.tree.leaves(params), mask) if m]
+  return 0.5 * weight_decay * sum(squares)
 
 
 def make_model_fn(model: nn.Module, model_state: Mapping[str, Any],
@@ -386,21 +149,23 @@ def make_model_fn(model: nn.Module, model_state: Mapping[str, Any],
     model_state: the non-parameter collections ('batch_stats' or
       'population_stats'; empty for models without them), closed over.
     bn_mode: 'train' normalises 'batch' models with the statistics of each batch
-      (the running-average updates are discarded); 'eval' with the running
-      averages. 'population' and 'none' models behave the same in both.
+      (its real examples, where it has a 'mask'; the running-average updates
+      are discarded); 'eval' with the running averages. The other norms
+      behave the same in both.
 
   Returns:
     model_fn(params, batch) -> logits [B, num_classes], batch a dict with
-    'image' [B, H, W, C].
+    'image' [B, H, W, C] and optionally 'mask' [B].
   """
   if bn_mode not in BN_MODES:
     raise ValueError(f'bn_mode must be one of {BN_MODES}, got {bn_mode!r}')
 
   def model_fn(params, batch):
     variables = {'params': params, **model_state}
+    mask = batch.get('mask')
     if bn_mode == 'train':
       logits, _ = model.apply(variables, batch['image'], train=True,
-                              mutable=['batch_stats'])
+                              mask=mask, mutable=['batch_stats'])
       return logits
     return model.apply(variables, batch['image'], train=False)
 
@@ -440,18 +205,27 @@ def output_loss(logits: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
 
 
 def make_loss_fn(model: nn.Module, model_state: Mapping[str, Any],
-                 bn_mode: str) -> Callable:
+                 bn_mode: str, weight_decay: float = 0.0) -> Callable:
   """The training loss as a function of the parameters, for the Hessian.
 
-  Args: as `make_model_fn`. With bn_mode='train' padded examples of a masked
-    batch still enter the batch statistics.
+  Args: as `make_model_fn`, and
+    weight_decay: the coefficient of `weight_decay_penalty`, added to every
+      batch's loss; the operator's example-weighted mean over batches then
+      holds it once, as the authors' training cost (FACTS.md).
 
   Returns:
-    loss(params, batch) -> scalar mean cross-entropy, batch a dict with 'image'
-    [B, H, W, C], 'label' [B] int and optionally 'mask' [B].
+    loss(params, batch) -> scalar mean cross-entropy (+ the penalty), batch a
+    dict with 'image' [B, H, W, C], 'label' [B] int and optionally 'mask' [B].
   """
   model_fn = make_model_fn(model, model_state, bn_mode)
-  return lambda params, batch: output_loss(model_fn(params, batch), batch)
+
+  def loss(params, batch):
+    value = output_loss(model_fn(params, batch), batch)
+    if weight_decay:
+      value = value + weight_decay_penalty(params, weight_decay)
+    return value
+
+  return loss
 
 
 def make_per_example_loss_fn(model: nn.Module, model_state: Mapping[str, Any],

@@ -16,56 +16,42 @@ default; `width` the spread of the Ritz values).
 
 import json
 import os
-import re
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from experiments import workdir as wd
 import spectral_density as sd
 from spectral_density import plotting
 
 SIGMA_SQUARED = 1e-5
 GRID_LEN = 4000
-_NPZ = re.compile(r'step_(\d{7})\.npz$')
-
-
-def _read_jsonl(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def load_run(workdir):
-  """The records and spectra of a workdir.
+  """The records and spectra of a workdir (layout: `experiments.workdir`).
 
   Returns:
     {'snapshots': [records of spectra/metrics.jsonl], 'config': the run's
     config as a dict ({} if absent), 'train': [...], 'eval': [...],
     'spectra': {step: SpectrumResult}, 'exact': {step: eigenvalues [n]}}.
   """
-  spectra_dir = os.path.join(workdir, 'spectra')
   spectra, exact = {}, {}
-  if os.path.isdir(spectra_dir):
-    for name in sorted(os.listdir(spectra_dir)):
-      match = _NPZ.match(name)
-      if match:
-        step = int(match.group(1))
-        spectra[step] = sd.SpectrumResult.load(os.path.join(spectra_dir, name))
-        exact_path = os.path.join(spectra_dir, f'step_{step:07d}_exact.npy')
-        if os.path.exists(exact_path):
-          exact[step] = np.load(exact_path)
-  config_path = os.path.join(workdir, 'config.json')
+  for step in wd.snapshot_steps(workdir):
+    spectra[step] = sd.SpectrumResult.load(wd.snapshot_path(workdir, step))
+    if os.path.exists(wd.exact_path(workdir, step)):
+      exact[step] = np.load(wd.exact_path(workdir, step))
+  config_path = os.path.join(workdir, wd.CONFIG_FILE)
   config = {}
   if os.path.exists(config_path):
     with open(config_path) as f:
       config = json.load(f)
-  return {'snapshots': _read_jsonl(os.path.join(spectra_dir, 'metrics.jsonl')),
+  return {'snapshots': wd.read_jsonl(os.path.join(workdir, wd.SNAPSHOT_LOG)),
           'config': config,
-          'train': _read_jsonl(os.path.join(workdir, 'train_metrics.jsonl')),
-          'eval': _read_jsonl(os.path.join(workdir, 'eval_metrics.jsonl')),
+          'train': wd.read_jsonl(os.path.join(workdir, wd.TRAIN_LOG)),
+          'eval': wd.read_jsonl(os.path.join(workdir, wd.EVAL_LOG)),
           'spectra': spectra, 'exact': exact}
 
 
@@ -219,16 +205,15 @@ def write_all(workdir):
   training.png (loss and test accuracy).
   """
   run = load_run(workdir)
-  out = os.path.join(workdir, 'plots')
-  os.makedirs(out, exist_ok=True)
+  os.makedirs(wd.plot_path(workdir, ''), exist_ok=True)
   paths = []
 
   def path(name):
-    paths.append(os.path.join(out, name))
+    paths.append(wd.plot_path(workdir, name))
     return paths[-1]
 
   for step, result in sorted(run['spectra'].items()):
-    plot_snapshot(result, path(f'density_step_{step:07d}.png'),
+    plot_snapshot(result, path(wd.density_plot_name(step)),
                   exact=run['exact'].get(step),
                   title=f'Hessian spectrum at step {step}')
   if run['spectra']:
@@ -300,7 +285,7 @@ def write_summary(workdir):
                     f"{r['seconds_eigh']:.1f} s; SLQ {r['seconds_slq']:.2f} s;"
                     f" relative error of SLQ λ_max {exact_err:.1e}."]
   text = '\n'.join(parts) + '\n'
-  with open(os.path.join(workdir, 'summary.md'), 'w') as f:
+  with open(os.path.join(workdir, wd.SUMMARY_FILE), 'w') as f:
     f.write(text)
   return text
 

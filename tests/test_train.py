@@ -5,19 +5,24 @@ parameters; 6x6 and 950 where the exact spectrum is computed), so that a run
 takes seconds.
 """
 
+import functools
 import json
 import os
 
+from flax import jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+import pytest
 
 import spectral_density as sd
 from configs import mlp_fashion_mnist
 from experiments import input_pipeline
 from experiments import models
+from experiments import probe
 from experiments import train
+from experiments import workdir
 
 VOLATILE = ('wall_time', 'seconds_slq', 'seconds_dense_hessian',
             'seconds_eigh')
@@ -88,21 +93,22 @@ def test_snapshots_reload_and_match_a_recomputation(tmp_path):
 
   for record in records:
     step = record['step']
-    saved = sd.SpectrumResult.load(train.snapshot_path(str(tmp_path), step))
+    saved = sd.SpectrumResult.load(workdir.snapshot_path(str(tmp_path), step))
     assert saved.vecs is None and saved.tridiag.shape == (2, 40, 40)
     assert record['lambda_max'] == saved.lambda_max
     assert record['lambda_min'] == saved.lambda_min
     assert record['trace'] == saved.trace
     assert record['negative_mass'] == saved.negative_mass()
-    below = saved.nodes < -train.NEGATIVE_TOL * saved.lambda_max
+    below = saved.nodes < -probe.NEGATIVE_TOL * saved.lambda_max
     assert record['negative_mass_tol'] == np.mean(
         np.sum(saved.weights * below, axis=1))
     assert record['lambda_ratio'] == saved.eigenvalue_ratio(10)
-    exact = np.load(train.snapshot_path(str(tmp_path), step, '_exact.npy'))
+    exact = np.load(workdir.exact_path(str(tmp_path), step))
     assert exact.shape == (950,) and record['num_params'] == 950
     assert record['exact_lambda_max'] == float(exact[-1])
     assert record['exact_negative_mass_tol'] == np.mean(
-        exact < -train.NEGATIVE_TOL * exact[-1])
+        exact < -probe.NEGATIVE_TOL * exact[-1])
+    assert record['hessian_weight_decay'] == 0.0  # the MLP's weight decay
     # Order-40 SLQ finds the top eigenvalues of a 950-dimensional Hessian.
     np.testing.assert_allclose(saved.top_eigenvalues(3), exact[::-1][:3],
                                rtol=1e-4)
@@ -117,7 +123,7 @@ def test_snapshots_reload_and_match_a_recomputation(tmp_path):
   flat, unravel = ravel_pytree(params)
   dense = jax.hessian(lambda w: loss(unravel(w), data))(flat)
   reference = np.linalg.eigvalsh(np.asarray(dense, np.float64))
-  exact = np.load(train.snapshot_path(str(tmp_path), 30, '_exact.npy'))
+  exact = np.load(workdir.exact_path(str(tmp_path), 30))
   np.testing.assert_allclose(exact, reference, atol=2e-5 * reference[-1])
   final = records[-1]
   np.testing.assert_allclose(final['loss'], float(loss(params, data)),
@@ -127,7 +133,7 @@ def test_snapshots_reload_and_match_a_recomputation(tmp_path):
   key = jax.random.fold_in(jax.random.wrap_key_data(out['state'].rng), 30)
   fresh = sd.slq(hvp_fn, n, order=40, num_draws=2, rng_key=key,
                  keep_vecs=True)
-  metrics = train.snapshot_metrics(fresh, hvp_fn.gradient(), 10)
+  metrics = probe.snapshot_metrics(fresh, hvp_fn.gradient(), 10)
   for name in ('lambda_max', 'lambda_min', 'trace', 'negative_mass_tol',
                'gradient_concentration', 'gradient_norm'):
     np.testing.assert_allclose(metrics[name], final[name], rtol=1e-5,
@@ -178,14 +184,80 @@ def test_killed_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
 
 def test_jsonl_rewrites_are_whole_and_drop_records_past_a_step(tmp_path):
   path = str(tmp_path / 'log.jsonl')
-  log = train.JsonLines(path, write=True)
+  log = workdir.JsonLines(path, write=True)
   for step in range(5):
     log.append({'step': step, 'x': step * 0.5})
-  again = train.JsonLines(path, write=True)
+  again = workdir.JsonLines(path, write=True)
   assert again.records == log.records
   again.keep(lambda r: r['step'] < 3)
   assert [r['step'] for r in read_jsonl(path)] == [0, 1, 2]
   assert not os.path.exists(path + '.tmp')
-  train.JsonLines(str(tmp_path / 'other.jsonl'), write=False).append(
+  workdir.JsonLines(str(tmp_path / 'other.jsonl'), write=False).append(
       {'step': 0})
   assert not os.path.exists(tmp_path / 'other.jsonl')
+
+
+def test_learning_rate_schedule_is_the_authors_piecewise_constant():
+  config = mlp_config(optimizer__lr_drop_steps=(33_000, 66_000))
+  schedule = train.learning_rate_fn(config.optimizer)
+  rates = [float(schedule(jnp.asarray(s)))
+           for s in (0, 32_999, 33_000, 65_999, 66_000, 99_999)]
+  np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001],
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize('num_devices', [1, 4])
+def test_training_normalises_over_the_batch_the_hessian_uses(num_devices):
+  # One SGD step (rate 1, no momentum) on a batch of 8 split over 1 or 4
+  # devices moves the parameters by minus the gradient of the Hessian's loss
+  # over the same 8 examples in one batch (weight-decay term included), and
+  # leaves the running averages of that batch's statistics.
+  model = models.PreActResNet(stage_sizes=(1, 1), num_filters=4,
+                              num_classes=3, norm='batch')
+  params, model_state = models.split_variables(
+      models.init_variables(model, jax.random.key(0), (1, 8, 8, 3)))
+  config = mlp_config(optimizer__learning_rate=1.0, optimizer__momentum=0.0,
+                      optimizer__weight_decay=2e-4)
+  lr_fn = train.learning_rate_fn(config.optimizer)
+  tx = train.make_optimizer(config.optimizer, lr_fn)
+  state = train.TrainState(step=np.array(0, np.int32), params=params,
+                           model_state=model_state,
+                           opt_state=tx.init(params),
+                           rng=jax.random.key_data(jax.random.key(0)))
+  batch = {'image': 1.0 + jax.random.normal(jax.random.key(1), (8, 8, 8, 3)),
+           'label': jnp.array([0, 1, 2, 0, 1, 2, 0, 1])}
+  devices = jax.local_devices()[:num_devices]
+
+  def step(step_model):
+    p_step = jax.pmap(functools.partial(
+        train.train_step, model=step_model, tx=tx, lr_fn=lr_fn, norm='batch'),
+                      axis_name=train.AXIS, devices=devices)
+    sharded = jax.tree.map(
+        lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+    new, metrics = p_step(jax_utils.replicate(state, devices), sharded)
+    # (Not jax_utils.unreplicate: on a subset of one device it keeps the
+    # device axis.)
+    return jax.tree.map(lambda x: np.asarray(x)[0], new), metrics
+
+  new, metrics = step(train.training_model(model, 'batch'))
+  hessian_loss = models.make_loss_fn(model, model_state, 'train', 2e-4)
+  grads = jax.grad(hessian_loss)(params, batch)
+  moved = jax.tree.map(lambda a, b: a - b, params, new.params)
+  for got, want in zip(jax.tree.leaves(moved), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      metrics['loss'][0],
+      models.make_loss_fn(model, model_state, 'train')(params, batch),
+      rtol=1e-5)
+  _, updates = model.apply({'params': params, **model_state}, batch['image'],
+                           train=True, mutable=['batch_stats'])
+  for got, want in zip(jax.tree.leaves(new.model_state['batch_stats']),
+                       jax.tree.leaves(updates['batch_stats'])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  if num_devices > 1:
+    # Per-device statistics (the model without the pmap axis) would not.
+    unsynced, _ = step(model)
+    gaps = [float(np.max(np.abs((a - b) - g))) for a, b, g in zip(
+        jax.tree.leaves(params), jax.tree.leaves(unsynced.params),
+        jax.tree.leaves(grads))]
+    assert max(gaps) > 1e-3

@@ -11,6 +11,7 @@ import pytest
 
 import spectral_density as sd
 from experiments import train
+from experiments import workdir
 
 METRICS = ('loss', 'lambda_max', 'lambda_min', 'lambda_ratio', 'trace',
            'negative_mass', 'gradient_concentration', 'gradient_norm')
@@ -18,7 +19,7 @@ METRICS = ('loss', 'lambda_max', 'lambda_min', 'lambda_ratio', 'trace',
 
 def smoke_config(name):
   """The config file's smoke variant, smaller still: 16x16 crops, 3 steps,
-  a Hessian set of 32 images in 8 batches of 4 (one per device)."""
+  a Hessian set of 32 images in 2 batches of 16 (the training batch)."""
   config = importlib.import_module(f'configs.{name}').get_config('smoke')
   with config.unlocked():
     config.dataset.image_size = 16
@@ -36,36 +37,40 @@ def smoke_config(name):
     config.model.population_refresh_steps = 2
     config.hessian.snapshot_steps = (0, 3)
     config.hessian.num_examples = 32
-    config.hessian.batch_size = 4
+    config.hessian.batch_size = 16
     config.hessian.order = 10
     config.write_plots = False
   return config
 
 
-@pytest.mark.parametrize('name', ['resnet32_cifar10', 'resnet32_cifar10_nobn',
-                                  'resnet32_cifar10_popbn'])
-def test_resnet32_smoke_run_produces_finite_spectra(name, tmp_path):
+@pytest.mark.parametrize('name, num_params', [
+    ('resnet32_cifar10', 464_154), ('resnet32_cifar10_nobn', 461_882),
+    ('resnet32_cifar10_popbn', 464_154)])
+def test_resnet32_smoke_run_produces_finite_spectra(name, num_params,
+                                                   tmp_path):
   out = train.train_and_evaluate(smoke_config(name), str(tmp_path))
   records = out['snapshots']
   assert [r['step'] for r in records] == [0, 3]
   for record in records:
-    assert record['num_params'] == 466_906 and record['num_examples'] == 32
+    assert record['num_params'] == num_params
+    assert record['num_examples'] == 32
+    assert record['hessian_weight_decay'] == 2e-4
     assert record['k'] == 10
     for metric in METRICS:
       assert math.isfinite(record[metric]), (metric, record)
     assert record['lambda_max'] > 0 and record['lambda_min'] < record[
         'lambda_max']
     assert 0 <= record['gradient_concentration'] <= 1
-    saved = sd.SpectrumResult.load(train.snapshot_path(str(tmp_path),
+    saved = sd.SpectrumResult.load(workdir.snapshot_path(str(tmp_path),
                                                        record['step']))
     assert saved.lambda_max == record['lambda_max']
   assert all(math.isfinite(r['loss']) for r in out['train'])
   assert out['eval']['step'] == 3
   if name.endswith('popbn'):
-    # Refreshed from the sample, not the initial (mean 0, variance 1).
+    # Refreshed from the set, not the initial (mean 0, variance 1).
     stats = jax.tree_util.tree_flatten_with_path(
         out['state'].model_state['population_stats'])[0]
     variances = [v for path, v in stats if path[-1].key == 'var']
-    assert len(variances) == 33  # stem, 2 per block, 2 projections
+    assert len(variances) == 31  # 2 per unit, and the final one
     assert all(np.all(v > 0) for v in variances)
     assert not all(np.allclose(v, 1) for v in variances)
