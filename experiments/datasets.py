@@ -62,6 +62,7 @@ access) and reads only its share (`input_pipeline` decides which).
 
 import dataclasses
 import gzip
+import io
 import math
 import pathlib
 import pickle
@@ -213,6 +214,54 @@ def synthetic_dataset(num_train: int, num_test: int,
   labels = np.argmax(centred @ weights, axis=1).astype(np.int32)
   return ({'image': images[:num_train], 'label': labels[:num_train]},
           {'image': images[num_train:], 'label': labels[num_train:]})
+
+
+class JpegSource:
+  """A stand-in for a `tfds.data_source` of JPEG images (ImageNet's
+  format): random images encoded once, decoded at every read.
+
+  Record i is distinct image i % num_distinct (bounded memory); its label is
+  i % num_classes. Wrap it in `TfdsSource` like a real TFDS split.
+  """
+
+  def __init__(self, num_examples: int, shapes: list[tuple[int, int, int]],
+               num_distinct: int = 64, num_classes: int = 1000,
+               quality: int = 90, seed: int = 0):
+    """Args:
+
+      num_examples: len() of the source.
+      shapes: [H, W, C] of the distinct images, used in turn.
+      num_distinct: how many distinct images are encoded.
+      num_classes: labels are i % num_classes.
+      quality: JPEG quality.
+      seed: of the pixels (smooth noise, so that JPEG sizes are realistic).
+    """
+    rng = np.random.default_rng(seed)
+    self._num_examples, self._num_classes = num_examples, num_classes
+    self._encoded = []
+    for i in range(num_distinct):
+      height, width, channels = shapes[i % len(shapes)]
+      coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1,
+                                     channels), np.uint8)
+      image = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :width]
+      image = (image + rng.integers(0, 32, image.shape)).clip(0, 255)
+      pil = Image.fromarray(image.astype(np.uint8).squeeze(-1) if channels == 1
+                            else image.astype(np.uint8))
+      buffer = io.BytesIO()
+      pil.save(buffer, format='JPEG', quality=quality)
+      self._encoded.append(buffer.getvalue())
+
+  def __len__(self) -> int:
+    return self._num_examples
+
+  def encoded(self, index: int) -> bytes:
+    """The JPEG bytes of record index."""
+    return self._encoded[index % len(self._encoded)]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    image = np.asarray(Image.open(io.BytesIO(self.encoded(index))))
+    return {'image': image.reshape(*image.shape[:2], -1),
+            'label': index % self._num_classes}
 
 
 def fit_images(images: np.ndarray, image_size: int | None,

@@ -30,18 +30,24 @@ import math
 import os
 from typing import Any, Iterator, Mapping
 
+from absl import flags
+from flax import jax_utils
 import grain
 import jax
 import numpy as np
-from flax import jax_utils
 from PIL import Image
 
-# train.py reads datasets through this module.
 from experiments.datasets import data_size
 from experiments.datasets import DatasetInfo
-from experiments.datasets import load_dataset  # pylint: disable=unused-import
 from experiments.datasets import record
 from experiments.datasets import take
+# Re-exported: train.py, the notebooks and the benchmarks read datasets
+# through this module.
+# pylint: disable=unused-import,g-bad-import-order
+from experiments.datasets import load_dataset
+from experiments.datasets import read_embedded_fashion_mnist
+from experiments.datasets import read_idx_dataset
+# pylint: enable=unused-import,g-bad-import-order
 
 CIFAR_PADDING = 4
 # Random-resized crop (Inception; Goyal et al. 2017): area and aspect ratio.
@@ -264,6 +270,19 @@ def train_dataset(data: Any, info: DatasetInfo, global_batch_size: int,
       functools.partial(_normalize_batch, info=info))
 
 
+def _worker_processes(dataset: grain.IterDataset,
+                      num_workers: int) -> grain.IterDataset:
+  """dataset read by num_workers grain processes (0: as it is)."""
+  if not num_workers:
+    return dataset
+  # Grain's workers read absl flags; outside an absl app (tests, benchmarks)
+  # they are not parsed, and the defaults are what we want.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers))
+
+
 def train_batches(data: Any, info: DatasetInfo, global_batch_size: int,
                   seed: int, start_step: int = 0,
                   process_index: int | None = None,
@@ -292,10 +311,7 @@ def train_batches(data: Any, info: DatasetInfo, global_batch_size: int,
                           process_count)[start_step:]
   batches = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
-  if num_workers:
-    batches = batches.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(batches)
+  return iter(_worker_processes(batches, num_workers))
 
 
 def shard(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -450,10 +466,8 @@ def prepare_hessian_set(data: Any, info: DatasetInfo, num_examples: int,
   labels = np.empty(len(indices), np.int32)
   decoded = grain.MapDataset.range(len(indices)).map(functools.partial(
       _hessian_record, data=data, indices=indices, size=info.image_shape[0]))
-  stream = decoded.batch(chunk).to_iter_dataset()
-  if num_workers:
-    stream = stream.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=num_workers))
+  stream = _worker_processes(decoded.batch(chunk).to_iter_dataset(),
+                             num_workers)
   start = 0
   for part in stream:
     images[start:start + len(part['label'])] = part['image']

@@ -282,15 +282,10 @@ class SpectrumProbe:
       size = input_pipeline.data_size(self._train)
       num = size if num is None else min(num, size)
       if self.config.stream:
-        # With several processes each streams its share; the operator adds
-        # the shares.
-        batch, train, info = self.config.batch_size, self._train, self._info
-        def stream():
-          for start in input_pipeline.hessian_batch_starts(num, batch):
-            indices = np.arange(start, min(start + batch, num))
-            yield input_pipeline.preprocess(
-                input_pipeline.take(train, indices), info)
-        self._data = stream
+        # With several processes each streams its share, decoded once; the
+        # operator adds the shares.
+        self._data = input_pipeline.prepare_hessian_set(
+            self._train, self._info, num, self.config.batch_size)
       else:
         self._data = input_pipeline.hessian_dataset(self._train, self._info,
                                                     num)
@@ -506,9 +501,8 @@ def train_and_evaluate(config, workdir):
   p_eval_step = jax.pmap(functools.partial(eval_step, model=model),
                          axis_name=AXIS)
   rstate = jax_utils.replicate(state)
-  batches = input_pipeline.train_batches(train, info, config.batch_size,
-                                         seed=config.seed,
-                                         start_step=start_step)
+  batches = input_pipeline.prefetch_to_device(input_pipeline.train_batches(
+      train, info, config.batch_size, seed=config.seed, start_step=start_step))
   stop = config.stop_after_steps
   history, last_eval = [], (eval_log.records[-1] if eval_log.records else None)
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not writer,
@@ -553,7 +547,7 @@ def train_and_evaluate(config, workdir):
       take_snapshot(step)
     if step == num_steps:
       break
-    rstate, metrics = p_train_step(rstate, shard(next(batches)))
+    rstate, metrics = p_train_step(rstate, next(batches))
     history.append(metrics)
     done = step + 1
     bar.update(1)

@@ -1,8 +1,13 @@
 """Tests of experiments/input_pipeline.py."""
 
+import io
+
+import grain
 import numpy as np
+from PIL import Image
 import pytest
 
+from experiments import datasets as ds
 from experiments import input_pipeline as ip
 
 
@@ -202,3 +207,151 @@ def test_hessian_dataset_is_the_first_examples_unaugmented():
                              (data['image'][:12] / 255.0 - 0.5) / 0.25,
                              atol=1e-6)
   assert ip.hessian_dataset(data, info)['image'].shape == (20, 8, 8, 3)
+
+
+@pytest.mark.parametrize('process_count', [1, 2, 4])
+def test_per_host_shards_partition_every_epoch_and_epochs_reshuffle(
+    process_count):
+  data = numbered(70)
+  info = info_for((4, 4, 1))
+  # Global batch 32 (8 devices per host in the tests): 2 steps per epoch, 64
+  # of the 70 examples each epoch.
+  hosts = [ip.train_batches(data, info, 32, seed=1, process_index=p,
+                            process_count=process_count)
+           for p in range(process_count)]
+  epochs = []
+  for _ in range(3):
+    labels = [[next(h)['label'] for _ in range(2)] for h in hosts]
+    seen = np.concatenate(sum(labels, []))
+    # Every host reads disjoint examples: together each example at most once.
+    assert len(seen) == 64 and len(np.unique(seen)) == 64
+    epochs.append(np.concatenate([np.concatenate(
+        [labels[p][s] for p in range(process_count)]) for s in range(2)]))
+  # The global order does not depend on the number of hosts.
+  single = ip.train_batches(data, info, 32, seed=1, process_index=0,
+                            process_count=1)
+  np.testing.assert_array_equal(
+      np.concatenate([next(single)['label'] for _ in range(6)]),
+      np.concatenate(epochs))
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert not np.array_equal(epochs[1], epochs[2])
+
+
+def test_epoch_order_is_grains_index_shuffle_of_seed_and_epoch():
+  """An epoch's order is a permutation drawn per index, not per step."""
+  order = grain.MapDataset.range(40).seed(7).shuffle()
+  for epoch in (0, 1, 2):
+    permutation = [order[epoch * 40 + i] for i in range(40)]
+    np.testing.assert_array_equal(np.sort(permutation), np.arange(40))
+  batches = ip.train_batches(numbered(40), info_for((4, 4, 1)), 40, seed=7,
+                             process_index=0, process_count=1)
+  for epoch in (0, 1):
+    np.testing.assert_array_equal(next(batches)['label'],
+                                  [order[epoch * 40 + i] for i in range(40)])
+
+
+def test_training_crops_are_windows_of_the_padded_source_images():
+  rng = np.random.default_rng(0)
+  data = {'image': rng.integers(1, 256, (24, 8, 8, 3), np.uint8),
+          'label': np.arange(24, dtype=np.int32)}
+  info = info_for((8, 8, 3), 'cifar', mean=(0.0,) * 3, std=(1 / 255,) * 3)
+  batch = next(ip.train_batches(data, info, 24, seed=0, process_index=0,
+                                process_count=1))
+  assert batch['image'].shape == (24, 8, 8, 3)
+  padded = np.pad(data['image'], [(0, 0), (4, 4), (4, 4), (0, 0)])
+  flips = 0
+  for image, label in zip(np.rint(batch['image']).astype(np.uint8),
+                          batch['label']):
+    p = padded[label]
+    windows = {(y, x, f): (p[y:y + 8, x:x + 8][:, ::-1] if f else
+                           p[y:y + 8, x:x + 8])
+               for y in range(9) for x in range(9) for f in (0, 1)}
+    matches = [k for k, w in windows.items() if np.array_equal(image, w)]
+    assert matches, f'example {label} is no window of its padded image'
+    flips += matches[0][2]
+  assert 0 < flips < 24
+
+
+def test_batches_do_not_depend_on_the_number_of_workers():
+  rng = np.random.default_rng(0)
+  data = {'image': rng.integers(0, 256, (32, 8, 8, 3), np.uint8),
+          'label': np.arange(32, dtype=np.int32)}
+  info = info_for((8, 8, 3), 'cifar')
+  inline = ip.train_batches(data, info, 8, seed=3, process_index=0,
+                            process_count=1)
+  expected = [next(inline) for _ in range(6)]
+  workers = ip.train_batches(data, info, 8, seed=3, start_step=2,
+                             process_index=0, process_count=1, num_workers=1)
+  for step in range(2, 6):
+    batch = next(workers)
+    np.testing.assert_array_equal(batch['label'], expected[step]['label'])
+    np.testing.assert_array_equal(batch['image'], expected[step]['image'])
+
+
+class TwoViews:
+  """A source whose stored images are black and decoded ones coordinates."""
+
+  def __len__(self):
+    return 16
+
+  def record(self, index):
+    return {'image': np.zeros((36, 36, 3), np.uint8), 'label': index}
+
+  def native_record(self, index):
+    return {'image': coordinate_image(90, 120), 'label': index}
+
+
+def test_imagenet_training_crops_the_decoded_image_not_the_stored_one():
+  info = info_for((32, 32, 3), 'imagenet', mean=(0.0,) * 3,
+                  std=(1 / 255,) * 3)
+  batch = next(ip.train_batches(TwoViews(), info, 16, seed=0,
+                                process_index=0, process_count=1))
+  assert batch['image'].shape == (16, 32, 32, 3)
+  images = np.rint(batch['image']).astype(int)
+  spans = []
+  for image in images:
+    rows, cols = image[:, 0, 0], image[0, :, 1]
+    # A resized window of the coordinate image: rows grow, columns grow or
+    # (flipped) shrink.
+    assert np.all(np.diff(rows) >= 0) and rows.max() <= 89
+    assert np.all(np.diff(cols) >= 0) or np.all(np.diff(cols) <= 0)
+    spans.append(rows.max() - rows.min())
+  # Windows of various sizes, most larger than the 36 stored pixels could be.
+  assert min(spans) < 50 < max(spans)
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_hessian_set_is_the_unaugmented_decoded_data_split_by_host(
+    tmp_path, cache):
+  source = ds.TfdsSource(ds.JpegSource(23, [(40, 50, 3), (50, 40, 3)],
+                                       num_distinct=23), 36, 3,
+                         fixed_shape=False)
+  info = info_for((32, 32, 3), 'imagenet', mean=(0.4, 0.5, 0.6),
+                  std=(0.2, 0.3, 0.25))
+  # The reference: decode each JPEG with PIL, resize, centre-crop by hand.
+  reference = []
+  for i in range(21):
+    decoded = np.asarray(Image.open(io.BytesIO(source._source.encoded(i))))
+    height, width = decoded.shape[:2]
+    scale = 36 / min(height, width)
+    resized = np.asarray(Image.fromarray(decoded).resize(
+        (max(36, round(width * scale)), max(36, round(height * scale))),
+        Image.Resampling.BICUBIC))
+    # Stored: the centre 36 x 36; the Hessian's crop: its centre 32 x 32.
+    top, left = (resized.shape[0] - 36) // 2, (resized.shape[1] - 36) // 2
+    reference.append(resized[top + 2:top + 34, left + 2:left + 34])
+  expected = ip.normalize(np.stack(reference), info.mean, info.std)
+  shares = [ip.prepare_hessian_set(
+      source, info, 21, 5, cache_dir=str(tmp_path) if cache else None,
+      process_index=p, process_count=2, chunk=4) for p in (0, 1)]
+  assert [len(s) for s in shares] == [2, 3]
+  batches = [b for s in shares for b in s()]
+  assert [len(b['label']) for b in batches] == [5, 5, 5, 5, 1]
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]),
+                                np.arange(21) % 1000)
+  np.testing.assert_allclose(np.concatenate([b['image'] for b in batches]),
+                             expected, atol=1e-6)
+  # A second pass reads the prepared arrays again: same batches.
+  again = list(shares[0]())
+  np.testing.assert_array_equal(again[0]['image'], batches[0]['image'])
+  assert isinstance(shares[0].images, np.memmap) == cache
