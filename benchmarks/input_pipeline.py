@@ -11,8 +11,8 @@ Rows:
     (`prepare_hessian_set`), then the input seconds of each product (one pass
     over the prepared uint8 arrays, normalised), against decoding every
     product again (the stream before issue 11).
-The records are `datasets.JpegSource` images (smooth noise, JPEG quality 90)
-behind `datasets.TfdsSource`, the path of a real `tfds.data_source`.
+The records are `image_sources.JpegSource` images (smooth noise, JPEG quality
+90) behind `image_sources.TfdsSource`, the path of a real `tfds.data_source`.
 """
 
 import argparse
@@ -21,17 +21,18 @@ import time
 import numpy as np
 
 from experiments import datasets
+from experiments import image_sources
 from experiments import input_pipeline
 
 # ImageNet's typical decoded sizes (the mean image is about 400 x 350).
 IMAGENET_SHAPES = [(375, 500, 3), (500, 375, 3), (333, 500, 3), (400, 400, 3)]
 
 
-def imagenet_like(num_examples: int) -> tuple[datasets.TfdsSource,
+def imagenet_like(num_examples: int) -> tuple[image_sources.TfdsSource,
                                               datasets.DatasetInfo]:
   """JPEG records of ImageNet size, stored at 256, model input 224."""
-  source = datasets.TfdsSource(
-      datasets.JpegSource(num_examples, IMAGENET_SHAPES, num_distinct=32),
+  source = image_sources.TfdsSource(
+      image_sources.JpegSource(num_examples, IMAGENET_SHAPES, num_distinct=32),
       256, 3, fixed_shape=False)
   mean, std = datasets.NORMALIZATION['imagenet2012']
   return source, datasets.DatasetInfo(
@@ -39,11 +40,11 @@ def imagenet_like(num_examples: int) -> tuple[datasets.TfdsSource,
       num_examples, 0)
 
 
-def cifar_like(num_examples: int) -> tuple[datasets.TfdsSource,
+def cifar_like(num_examples: int) -> tuple[image_sources.TfdsSource,
                                            datasets.DatasetInfo]:
   """JPEG records of CIFAR size (32 x 32 x 3)."""
-  source = datasets.TfdsSource(
-      datasets.JpegSource(num_examples, [(32, 32, 3)], num_distinct=256,
+  source = image_sources.TfdsSource(
+      image_sources.JpegSource(num_examples, [(32, 32, 3)], num_distinct=256,
                           num_classes=10), 32, 3, fixed_shape=True)
   mean, std = datasets.NORMALIZATION['cifar10']
   return source, datasets.DatasetInfo(

@@ -8,7 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments import augmentation
 from experiments import datasets as ds
+from experiments import image_sources
 from experiments import input_pipeline as ip
 
 
@@ -123,14 +125,14 @@ def test_synthetic_data_is_a_function_of_the_seed():
 
 def test_fit_images_pads_centred_and_repeats_grey_channels():
   images = np.arange(2 * 28 * 28).reshape(2, 28, 28, 1).astype(np.uint8)
-  fitted = ds.fit_images(images, 32, 3)
+  fitted = image_sources.fit_images(images, 32, 3)
   assert fitted.shape == (2, 32, 32, 3)
   for channel in range(3):
     np.testing.assert_array_equal(fitted[:, 2:30, 2:30, channel],
                                   images[..., 0])
   assert fitted[:, :2].max() == 0 and fitted[:, 30:].max() == 0
-  np.testing.assert_array_equal(ds.fit_images(fitted, 28, None)[..., :1],
-                                images)
+  np.testing.assert_array_equal(
+      image_sources.fit_images(fitted, 28, None)[..., :1], images)
 
 
 def test_load_embedded_fashion_mnist_padded_to_resnet_input():
@@ -168,7 +170,7 @@ def fake_tfds(monkeypatch, image_shape, records, prepared=True):
   fake = types.SimpleNamespace(
       builder=lambda name, data_dir: builder,
       data_source=lambda name, split, data_dir, download: records)
-  monkeypatch.setattr(ds, '_tfds', lambda: fake)
+  monkeypatch.setattr(image_sources, 'tfds_module', lambda: fake)
 
 
 def test_tfds_dataset_must_be_prepared(monkeypatch):
@@ -196,6 +198,6 @@ def test_tfds_imagenet_images_are_resized_then_cropped_by_augmentation(
   batch = ip.preprocess(stored, info, np.random.default_rng(0))
   assert batch['image'].shape == (3, 28, 28, 3)
   np.testing.assert_array_equal(ip.preprocess(stored, info)['image'][:, 0, 0],
-                                ip.normalize(stored['image'][:, 2, 2],
+                                augmentation.normalize(stored['image'][:, 2, 2],
                                              info.mean, info.std))
 
