@@ -120,10 +120,10 @@ class _StopDraw(Exception):
   pass
 
 
-def slq_draw_seconds(op, dim, budget_s):
+def slq_draw_seconds(op, dim, budget_s, segment):
   """(seconds of one order-ORDER draw, label).
 
-  The draw runs in segments of a few steps; the first two segments compile
+  The draw runs in segments of `segment` steps; the first two compile
   (the second once more, measured), so the seconds per step are taken from
   the later ones and multiplied by ORDER. The draw stops once budget_s is
   spent and three segments are done.
@@ -138,7 +138,7 @@ def slq_draw_seconds(op, dim, budget_s):
   start = time.perf_counter()
   try:
     sd.lanczos_draws(op, dim, ORDER, jax.random.key(0), progress=progress,
-                     checkpoint_every=max(1, ORDER // 30))
+                     checkpoint_every=segment)
     how = 'measured'
   except _StopDraw:
     how = 'extrapolated from'
@@ -156,6 +156,15 @@ def _hvp_program_bytes(loss, params, batch):
     return None
   return (mem.argument_size_in_bytes + mem.output_size_in_bytes +
           mem.temp_size_in_bytes)
+
+
+def _resident(case: Case, args) -> bool:
+  """Whether to measure the resident operator: not for convolutional models
+  on CPU, where XLA runs convolutions inside compiled loops far slower than
+  outside (JAX issue #12868; see the README), unless asked."""
+  if args.resident != 'auto':
+    return args.resident == 'on'
+  return jax.default_backend() != 'cpu' or case.model == 'mlp'
 
 
 def _log(case, what, start):
@@ -183,48 +192,60 @@ def measure(case: Case, args) -> dict:
   out = {'case': case, 'examples': case.num_examples,
          'params': sum(x.size for x in jax.tree.leaves(params))}
 
-  device_images = jnp.asarray(resident['image'][:4 * TRAIN_BATCH])
-  device_labels = jnp.asarray(resident['label'][:4 * TRAIN_BATCH])
-  out['train_steps_per_s'] = train_steps_per_second(
-      loss, params, device_images, device_labels, args.train_steps)
-  del device_images, device_labels
-  _log(case, 'training', begin)
-  # An epoch of batches of TRAIN_BATCH (smaller runs train on smaller batches:
-  # per example).
-  out['train_batch'] = min(TRAIN_BATCH, case.num_examples)
-  out['epoch_s'] = case.num_examples / (out['train_batch'] *
-                                        out['train_steps_per_s'])
-
-  op, _, dim = sd.get_hvp_fn(loss, params, resident,
-                             batch_size=case.hessian_batch,
-                             devices=jax.local_devices()[:1])
-  _log(case, 'resident operator', begin)
-  v = jax.random.normal(jax.random.key(1), (dim,), jnp.float32)
-  out['gradient_s'] = _seconds(op.gradient, args.repeats)
-  out['hv_resident_s'] = _seconds(lambda: op(v), args.repeats)
-  _log(case, 'resident gradient and H v', begin)
-  hv_resident = np.asarray(op(v))
+  if args.skip_training:
+    out['train_batch'] = out['train_steps_per_s'] = out['epoch_s'] = None
+  else:
+    device_images = jnp.asarray(resident['image'][:4 * TRAIN_BATCH])
+    device_labels = jnp.asarray(resident['label'][:4 * TRAIN_BATCH])
+    out['train_steps_per_s'] = train_steps_per_second(
+        loss, params, device_images, device_labels, args.train_steps)
+    del device_images, device_labels
+    _log(case, 'training', begin)
+    # An epoch of batches of TRAIN_BATCH (smaller runs train on smaller
+    # batches: per example).
+    out['train_batch'] = min(TRAIN_BATCH, case.num_examples)
+    out['epoch_s'] = case.num_examples / (out['train_batch'] *
+                                          out['train_steps_per_s'])
 
   start = time.perf_counter()
   hessian_set = input_pipeline.prepare_hessian_set(
       train, info, case.num_examples, case.hessian_batch, process_index=0,
       process_count=1)
   out['prepare_s'] = time.perf_counter() - start
-  streamed, _, _ = sd.get_hvp_fn(loss, params, hessian_set)
+  streamed, _, dim = sd.get_hvp_fn(loss, params, hessian_set)
+  v = jax.random.normal(jax.random.key(1), (dim,), jnp.float32)
   out['hv_streamed_s'] = _seconds(lambda: streamed(v), args.repeats)
   out['input_s'] = _seconds(lambda: list(hessian_set()), 1)
-  hv_streamed = np.asarray(streamed(v))
-  out['stream_rel_diff'] = float(np.linalg.norm(hv_streamed - hv_resident) /
-                                 np.linalg.norm(hv_resident))
-
   _log(case, 'streamed H v', begin)
-  out['slq_s'], out['slq_label'] = slq_draw_seconds(op, dim, args.slq_budget_s)
+
+  if _resident(case, args):
+    op, _, _ = sd.get_hvp_fn(loss, params, resident,
+                             batch_size=case.hessian_batch,
+                             devices=jax.local_devices()[:1])
+    out['gradient_s'] = _seconds(op.gradient, args.repeats)
+    out['hv_resident_s'] = _seconds(lambda: op(v), args.repeats)
+    hv_resident = np.asarray(op(v))
+    out['stream_rel_diff'] = float(
+        np.linalg.norm(np.asarray(streamed(v)) - hv_resident) /
+        np.linalg.norm(hv_resident))
+    _log(case, 'resident gradient and H v', begin)
+  else:
+    op = streamed
+    out['gradient_s'] = _seconds(op.gradient, args.repeats)
+    out['hv_resident_s'] = out['stream_rel_diff'] = None
+  first_batch = jax.tree.map(lambda x: x[:case.hessian_batch], resident)
+  del resident
+
+  out['slq_s'], out['slq_label'] = slq_draw_seconds(
+      op, dim, args.slq_budget_s, args.slq_segment)
   _log(case, 'SLQ', begin)
-  out['hv_over_gradient'] = out['hv_resident_s'] / out['gradient_s']
-  out['slq_over_epochs'] = out['slq_s'] / (ORDER * out['epoch_s'])
+  out['hv_over_gradient'] = ((out['hv_resident_s'] or out['hv_streamed_s']) /
+                             out['gradient_s'])
+  out['slq_over_epochs'] = (None if out['epoch_s'] is None else
+                            out['slq_s'] / (ORDER * out['epoch_s']))
   out['peak_bytes'] = _peak_memory()
   out['hv_program_bytes'] = (None if args.tiny else _hvp_program_bytes(
-      loss, params, jax.tree.map(lambda x: x[:case.hessian_batch], resident)))
+      loss, params, first_batch))
   return out
 
 
@@ -247,6 +268,11 @@ def _gb(value):
   return '-' if value is None else f'{value / 1e9:.2f}'
 
 
+def _f(value, fmt):
+  """value formatted, '-' where not measured."""
+  return '-' if value is None else format(value, fmt)
+
+
 def print_tables(rows, file=sys.stdout):
   device = jax.local_devices()[0]
   print(f'Device: {device.device_kind} ({jax.default_backend()}), '
@@ -258,13 +284,12 @@ def print_tables(rows, file=sys.stdout):
   print(' | '.join(header), file=file)
   for r in rows:
     cells = (r['case'].title, f"{r['params']:,}",
-             f"{r['train_steps_per_s']:.2f} ({r['train_batch']})",
-             f"{r['epoch_s']:.2f}",
-             f"{r['gradient_s']:.3f}", f"{r['hv_resident_s']:.3f}",
-             f"{r['hv_streamed_s']:.3f}", f"{r['input_s']:.3f}",
-             f"{r['stream_rel_diff']:.1e}",
+             f"{_f(r['train_steps_per_s'], '.2f')} ({r['train_batch']})",
+             _f(r['epoch_s'], '.2f'), f"{r['gradient_s']:.3f}",
+             _f(r['hv_resident_s'], '.3f'), f"{r['hv_streamed_s']:.3f}",
+             f"{r['input_s']:.3f}", _f(r['stream_rel_diff'], '.1e'),
              f"{r['slq_s']:.1f} ({r['slq_label']})",
-             f"{r['hv_over_gradient']:.2f}", f"{r['slq_over_epochs']:.2f}",
+             f"{r['hv_over_gradient']:.2f}", _f(r['slq_over_epochs'], '.2f'),
              _gb(r['peak_bytes']), _gb(r['hv_program_bytes']))
     print(' | '.join(cells), file=file)
   print(f'\nOne snapshot (gradient + one order-{ORDER} draw), scaled linearly '
@@ -289,6 +314,12 @@ def parse_args(argv=None):
   parser.add_argument('--repeats', type=int, default=None)
   parser.add_argument('--slq_budget_s', type=float, default=None,
                       help='seconds an SLQ draw may run before extrapolation')
+  parser.add_argument('--slq_segment', type=int, default=ORDER // 30,
+                      help='Lanczos steps between two time marks')
+  parser.add_argument('--resident', choices=('auto', 'on', 'off'),
+                      default='auto', help='measure the resident operator '
+                      '(auto: not for ResNets on CPU)')
+  parser.add_argument('--skip_training', action='store_true')
   args = parser.parse_args(argv)
   defaults = ({'train_steps': 2, 'repeats': 1, 'slq_budget_s': 0.0}
               if args.tiny else
