@@ -3,6 +3,7 @@
 import io
 
 import grain
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -290,3 +291,20 @@ def test_hessian_set_is_the_unaugmented_decoded_data_split_by_host(
   again = list(shares[0]())
   np.testing.assert_array_equal(again[0]['image'], batches[0]['image'])
   assert isinstance(shares[0].images, np.memmap) == cache
+
+
+def test_prefetch_to_device_shards_each_batch_over_the_local_devices():
+  data = numbered(64)
+  info = info_for((4, 4, 1))
+  host = ip.train_batches(data, info, 16, seed=0, process_index=0,
+                          process_count=1)
+  expected = [next(host) for _ in range(3)]
+  on_devices = ip.prefetch_to_device(ip.train_batches(
+      data, info, 16, seed=0, process_index=0, process_count=1))
+  devices = jax.local_device_count()
+  for batch in expected:
+    placed = next(on_devices)
+    assert placed['image'].shape == (devices, 16 // devices, 4, 4, 1)
+    np.testing.assert_array_equal(np.asarray(placed['label']).ravel(),
+                                  batch['label'])
+    assert len(placed['label'].sharding.device_set) == devices
