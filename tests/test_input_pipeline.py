@@ -4,6 +4,7 @@ import io
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -308,3 +309,33 @@ def test_prefetch_to_device_shards_each_batch_over_the_local_devices():
     np.testing.assert_array_equal(np.asarray(placed['label']).ravel(),
                                   batch['label'])
     assert len(placed['label'].sharding.device_set) == devices
+
+
+def test_grain_reads_a_real_tfds_data_source(monkeypatch):
+  """tfds.data_source (random access, no TensorFlow) under TFDS's mock data,
+  through load_dataset and the grain pipeline."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=40):
+    # Mock data is never 'prepared'; the check itself is tested elsewhere.
+    monkeypatch.setattr(image_sources, 'tfds_builder',
+                        lambda name, data_dir: tfds.builder(name))
+    train, _, info = ip.load_dataset(ml_collections.ConfigDict(
+        {'dataset': {'name': 'tfds:cifar10'}}))
+    source = tfds.data_source('cifar10', split='train')
+    batches = ip.train_batches(train, info, 16, seed=0, process_index=0,
+                               process_count=1)
+    labels = np.concatenate([next(batches)['label'] for _ in range(2)])
+    # Two steps of epoch 0: the records of the first 32 shuffled indices.
+    order = grain.MapDataset.range(40).seed(0).shuffle()
+    np.testing.assert_array_equal(
+        labels, [source[order[i]]['label'] for i in range(32)])
+    hessian = ip.prepare_hessian_set(train, info, 40, 16, process_index=0,
+                                     process_count=1)
+    images = np.concatenate([b['image'] for b in hessian()])
+    reference = np.stack([np.asarray(source[i]['image']) for i in range(40)])
+    np.testing.assert_allclose(
+        images, ip.normalize(reference, info.mean, info.std), atol=1e-6)
+    np.testing.assert_array_equal(
+        np.concatenate([b['label'] for b in hessian()]),
+        [source[i]['label'] for i in range(40)])
+  assert info.augmentation == 'cifar' and labels.shape == (32,)
