@@ -1,5 +1,5 @@
-"""The input pipeline: augmentation, training batches (grain), evaluation
-batches and the Hessian set.
+"""The input pipeline: training batches (grain), evaluation batches and the
+Hessian set.
 
 The datasets come from `experiments.datasets` (uint8 images, arrays or random
 access). This module turns them into float32 batches normalised per channel:
@@ -166,6 +166,8 @@ def train_dataset(data: Any, info: DatasetInfo, global_batch_size: int,
 def _worker_processes(dataset: grain.IterDataset,
                       num_workers: int) -> grain.IterDataset:
   """dataset read by num_workers grain processes (0: as it is)."""
+  if num_workers < 0:
+    raise ValueError(f'num_workers must be >= 0, got {num_workers}')
   if not num_workers:
     return dataset
   # Grain's workers read absl flags; outside an absl app (tests, benchmarks)
