@@ -502,7 +502,8 @@ def train_and_evaluate(config, workdir):
                          axis_name=AXIS)
   rstate = jax_utils.replicate(state)
   batches = input_pipeline.prefetch_to_device(input_pipeline.train_batches(
-      train, info, config.batch_size, seed=config.seed, start_step=start_step))
+      train, info, config.batch_size, seed=config.seed, start_step=start_step,
+      num_workers=config.dataset.get('num_workers') or 0))
   stop = config.stop_after_steps
   history, last_eval = [], (eval_log.records[-1] if eval_log.records else None)
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not writer,

@@ -1,7 +1,6 @@
 """Tests of experiments/augmentation.py against reference crops."""
 
 import numpy as np
-import pytest
 
 from experiments import augmentation
 
