@@ -33,7 +33,8 @@ setuptools.setup(
         'test': [
             'pytest>=8', 'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
             'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
-            'grain>=0.2.18', 'Pillow>=10', 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29',
+            'grain>=0.2.18', 'Pillow>=10', 'nbclient>=0.10', 'nbformat>=5.10',
+            'ipykernel>=6.29',
         ],
         'notebook': ['flax>=0.10', 'optax>=0.2', 'ml_collections>=1.0',
                      'absl-py>=2.0', 'tqdm>=4.66', 'ipykernel>=6.29'],

@@ -53,8 +53,8 @@ def test_random_resized_crop_windows_have_the_inception_area_and_ratio():
   # Ratio at most 4/3 on a 120 x 200 image: at most 120 x 160 pixels.
   assert 0.07 < min(fractions) < 0.15 and 0.7 < max(fractions) <= 0.81
   assert 0.74 < min(ratios) < 0.8 and 1.25 < max(ratios) < 1.35
-  # In a strip of ratio 1/20 no window fits: the fallback is the centred window of
-  # ratio 3/4 (torchvision's rule).
+  # In a strip of ratio 1/20 no window fits: the fallback is the centred
+  # window of ratio 3/4 (torchvision's rule).
   assert augmentation.crop_window(400, 20, rng) == (186, 0, 27, 20)
 
 
@@ -62,9 +62,11 @@ def test_random_resized_crop_resizes_a_sub_window_and_flips_it():
   image = coordinate_image(120, 160)
   flips = set()
   for seed in range(20):
-    out = augmentation.random_resized_crop(image, np.random.default_rng(seed), 32)
+    out = augmentation.random_resized_crop(image,
+                                           np.random.default_rng(seed), 32)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
-    top, left, h, w = augmentation.crop_window(120, 160, np.random.default_rng(seed))
+    top, left, h, w = augmentation.crop_window(120, 160,
+                                               np.random.default_rng(seed))
     # Bilinear resizing only averages pixels of the window.
     assert top <= out[..., 0].min() and out[..., 0].max() <= top + h - 1
     assert left <= out[..., 1].min() and out[..., 1].max() <= left + w - 1

@@ -260,9 +260,9 @@ def test_imagenet_training_crops_the_decoded_image_not_the_stored_one():
 @pytest.mark.parametrize('cache', [False, True])
 def test_hessian_set_is_the_unaugmented_decoded_data_split_by_host(
     tmp_path, cache):
-  source = image_sources.TfdsSource(image_sources.JpegSource(23, [(40, 50, 3), (50, 40, 3)],
-                                       num_distinct=23), 36, 3,
-                         fixed_shape=False)
+  source = image_sources.TfdsSource(
+      image_sources.JpegSource(23, [(40, 50, 3), (50, 40, 3)], num_distinct=23),
+      36, 3, fixed_shape=False)
   info = info_for((32, 32, 3), 'imagenet', mean=(0.4, 0.5, 0.6),
                   std=(0.2, 0.3, 0.25))
   # The reference: decode each JPEG with PIL, resize, centre-crop by hand.
