@@ -26,12 +26,15 @@ setuptools.setup(
         'experiments': [
             'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
             'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
+            # The input pipeline: worker processes, index shuffle.
+            'grain>=0.2.18', 'Pillow>=10',
         ],
         'tfds': ['tensorflow-datasets>=4.9'],
         'test': [
             'pytest>=8', 'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
             'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
-            'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29',
+            'grain>=0.2.18', 'Pillow>=10', 'nbclient>=0.10', 'nbformat>=5.10',
+            'ipykernel>=6.29',
         ],
         'notebook': ['flax>=0.10', 'optax>=0.2', 'ml_collections>=1.0',
                      'absl-py>=2.0', 'tqdm>=4.66', 'ipykernel>=6.29'],

@@ -1,392 +1,49 @@
-"""Datasets of the experiments: offline readers, TFDS, preprocessing, batches.
+"""The input pipeline: training batches (grain), evaluation batches and the
+Hessian set.
 
-A dataset is a dict {'image': uint8 [N, H, W, C], 'label': int32 [N]}, or for
-TFDS a `TfdsSource` indexed the same way (`source[indices]` -> such a dict).
-Images stay uint8 until a batch is made; `preprocess` turns a batch into float32
-normalised per channel.
+The datasets come from `experiments.datasets` (uint8 images, arrays or random
+access). This module turns them into float32 batches normalised per channel:
 
-Config schema of `load_dataset(config)`: the fields of `config.dataset`; an
-absent field takes the default shown.
+* `train_batches`: a grain pipeline. The order of each epoch is a permutation
+  of the examples drawn from (seed, epoch) by grain's index shuffle, one index
+  at a time (nothing of size N is permuted per step); each host reads only its
+  rows of each global batch; each record is augmented with a generator drawn
+  from (seed, its global position), so the batches depend neither on the
+  number of worker processes nor on where the iteration started, and training
+  resumes exactly. `prefetch_to_device` moves them onto the devices ahead.
+* `eval_batches`: each host's contiguous share, in padded, masked batches.
+* `prepare_hessian_set`: the fixed set of the Hessian, decoded and cropped
+  once (host memory or a memory-mapped file), each host its share of the
+  batches; every product then only normalises these uint8 arrays.
 
-  name: str, one of
-    'embedded_fashion_mnist'  the class-balanced Fashion-MNIST subset shipped in
-                              experiments/data (3,000 train / 1,000 test)
-    'fashion_mnist_idx'       the four Fashion-MNIST IDX .gz files in data_dir
-    'mnist_idx'               the same for MNIST
-    'cifar10_python'          CIFAR-10 python pickles (data_batch_1..5,
-                              test_batch) in data_dir
-    'npz'                     data_dir/train.npz and data_dir/test.npz, keys
-                              'image' [N, H, W, C] uint8 and 'label' [N]
-    'synthetic'               seeded uniform noise images, labels a fixed
-                              random linear function of the image (learnable)
-    'tfds:<name>'             a TFDS dataset prepared in data_dir in
-                              array_record format, read by random access:
-                              'tfds:mnist', 'tfds:fashion_mnist',
-                              'tfds:cifar10', 'tfds:imagenet2012'
-  data_dir: str | None = None
-      Directory of the files; for TFDS its data_dir (None: the TFDS default).
-  num_train: int | None = None
-      Keep the first num_train training examples (None: all); for 'synthetic'
-      how many to make (None: 1,024).
-  num_test: int | None = None
-      The same for the test split (synthetic: 256).
-  image_size: int | None = None
-      Side of the model's square input (None: native; 224 for variable-size
-      TFDS images). Smaller images are zero-padded, larger ones centre-cropped;
-      variable-size images are resized (shorter side) and centre-cropped to
-      image_size / 0.875, from which the 'imagenet' augmentation crops.
-  channels: int | None = None
-      Input channels (None: native); one-channel images are repeated.
-  num_classes: int | None = None
-      For 'synthetic' how many (None: 10); for the others checked.
-  augmentation: str | None = None
-      'cifar' (4-pixel zero padding, random crop of image_size, horizontal
-      flip), 'imagenet' (random crop of image_size, flip) or 'none'.
-      None: 'cifar' for CIFAR-10, 'imagenet' for ImageNet, else 'none'.
-  image_shape: tuple = (28, 28, 1)
-      'synthetic' only: native [H, W, C].
-  seed: int = 0
-      'synthetic' only.
-  mean, std: tuple | None = None
-      Per-channel normalisation of [0, 1] pixels. None: the published
-      constants of MNIST, Fashion-MNIST, CIFAR-10 and ImageNet, otherwise
-      estimated on the first 4,096 training images.
-
-`load_dataset` returns (train, test, info), info a `DatasetInfo`.
-
-Multi-host: every host holds the whole dataset (arrays or random access) and
-takes its share when batching: `train_batches` gives each host its rows of the
-global batch, `eval_batches` and `process_slice` a contiguous share of examples.
+Augmentation (`DatasetInfo.augmentation`): see `experiments.augmentation`.
 """
 
-import dataclasses
-import gzip
+import functools
 import math
-import pathlib
-import pickle
+import os
 from typing import Any, Iterator, Mapping
 
+from absl import flags
+from flax import jax_utils
+import grain
 import jax
 import numpy as np
-from PIL import Image
 
-EMBEDDED_FASHION_MNIST = (pathlib.Path(__file__).parent / 'data' /
-                          'fashion_mnist_subset.npz')
-AUGMENTATIONS = ('cifar', 'imagenet', 'none')
-CIFAR_PADDING = 4
-# ImageNet convention: train crops of 224 from images of 256.
-IMAGENET_CROP_FRACTION = 0.875
-# Enough for the per-channel moments to 3 digits; bounds the float64 copy.
-MOMENTS_SAMPLE = 4096
-
-# Per-channel mean and standard deviation of the training pixels in [0, 1].
-NORMALIZATION = {
-    'mnist': ((0.1307,), (0.3081,)),
-    'fashion_mnist': ((0.2860,), (0.3530,)),
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'imagenet2012': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
-_IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4',
-               0x0D: '>f4', 0x0E: '>f8'}
-_IDX_PREFIXES = {'train': 'train', 'test': 't10k'}
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the model and the batching need to know about a dataset.
-
-  Attributes:
-    name: the config name.
-    num_classes: number of classes.
-    image_shape: [H, W, C] of the model's input (stored images may be larger,
-      for the 'imagenet' augmentation).
-    mean: per-channel mean of [0, 1] pixels, [C].
-    std: per-channel standard deviation of [0, 1] pixels, [C].
-    augmentation: one of AUGMENTATIONS, applied to training batches.
-    num_train: training examples.
-    num_test: test examples.
-  """
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  augmentation: str
-  num_train: int
-  num_test: int
-
-
-def parse_idx(raw: bytes) -> np.ndarray:
-  """The array of an IDX file (the MNIST format), its dims from the header."""
-  if raw[:2] != b'\x00\x00' or raw[2] not in _IDX_DTYPES:
-    raise ValueError('not an IDX file: bad magic number')
-  ndim = raw[3]
-  shape = np.frombuffer(raw, '>i4', count=ndim, offset=4)
-  data = np.frombuffer(raw, _IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
-  return data.reshape(shape)
-
-
-def read_idx_dataset(data_dir: str | pathlib.Path,
-                     split: str) -> dict[str, np.ndarray]:
-  """Reads MNIST or Fashion-MNIST from its IDX .gz files.
-
-  Args:
-    data_dir: directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz.
-    split: 'train' or 'test'.
-
-  Returns:
-    {'image': uint8 [N, 28, 28, 1], 'label': int32 [N]}.
-  """
-  prefix = pathlib.Path(data_dir) / _IDX_PREFIXES[split]
-  with gzip.open(f'{prefix}-images-idx3-ubyte.gz', 'rb') as f:
-    images = parse_idx(f.read())
-  with gzip.open(f'{prefix}-labels-idx1-ubyte.gz', 'rb') as f:
-    labels = parse_idx(f.read())
-  return {'image': images.astype(np.uint8)[..., None],
-          'label': labels.astype(np.int32)}
-
-
-def read_cifar10_python(data_dir: str | pathlib.Path,
-                        split: str) -> dict[str, np.ndarray]:
-  """Reads CIFAR-10 from its python pickle batches.
-
-  Args:
-    data_dir: directory with data_batch_1 .. data_batch_5 and test_batch.
-    split: 'train' or 'test'.
-
-  Returns:
-    {'image': uint8 [N, 32, 32, 3], 'label': int32 [N]}.
-  """
-  names = ([f'data_batch_{i}' for i in range(1, 6)] if split == 'train' else
-           ['test_batch'])
-  images, labels = [], []
-  for name in names:
-    with open(pathlib.Path(data_dir) / name, 'rb') as f:
-      batch = pickle.load(f, encoding='bytes')
-    # Each row holds the red, then the green, then the blue 32x32 plane.
-    images.append(np.asarray(batch[b'data'], np.uint8).reshape(-1, 3, 32, 32))
-    labels.append(np.asarray(batch[b'labels'], np.int32))
-  return {'image': np.concatenate(images).transpose(0, 2, 3, 1),
-          'label': np.concatenate(labels)}
-
-
-def read_npz(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads {'image': uint8 [N, H, W, C], 'label': int32 [N]} from a .npz."""
-  with np.load(path) as f:
-    return {'image': f['image'].astype(np.uint8),
-            'label': f['label'].astype(np.int32)}
-
-
-def read_embedded_fashion_mnist(split: str) -> dict[str, np.ndarray]:
-  """The Fashion-MNIST subset shipped with the package (make_embedded_data.py).
-
-  Args:
-    split: 'train' or 'test'.
-
-  Returns:
-    {'image': uint8 [N, 28, 28, 1], 'label': int32 [N]}.
-  """
-  with np.load(EMBEDDED_FASHION_MNIST) as f:
-    return {'image': f[f'{split}_image'], 'label': f[f'{split}_label']}
-
-
-def synthetic_dataset(num_train: int, num_test: int,
-                      image_shape: tuple[int, int, int], num_classes: int,
-                      seed: int) -> tuple[dict[str, np.ndarray], ...]:
-  """Uniform uint8 noise images, labelled by a fixed random linear classifier.
-
-  Args:
-    num_train: training examples.
-    num_test: test examples.
-    image_shape: [H, W, C].
-    num_classes: number of classes.
-    seed: determines images, classifier and so labels.
-
-  Returns:
-    (train, test) dicts {'image': uint8 [N, H, W, C], 'label': int32 [N]}.
-  """
-  rng = np.random.default_rng(seed)
-  num_examples = num_train + num_test
-  images = rng.integers(0, 256, (num_examples, *image_shape), np.uint8)
-  weights = rng.standard_normal((math.prod(image_shape), num_classes))
-  centred = images.reshape(num_examples, -1) / 255.0 - 0.5
-  labels = np.argmax(centred @ weights, axis=1).astype(np.int32)
-  return ({'image': images[:num_train], 'label': labels[:num_train]},
-          {'image': images[num_train:], 'label': labels[num_train:]})
-
-
-def fit_images(images: np.ndarray, image_size: int | None,
-               channels: int | None) -> np.ndarray:
-  """Zero-pads or centre-crops images to a square size; repeats one channel.
-
-  Args:
-    images: [N, H, W, C].
-    image_size: side of the result (None: keep H, W).
-    channels: channels of the result (None: keep C); C must equal it or be 1.
-
-  Returns:
-    [N, image_size, image_size, channels], the dtype of images.
-  """
-  if channels is not None and channels != images.shape[-1]:
-    if images.shape[-1] != 1:
-      raise ValueError(f'cannot make {channels} channels of {images.shape[-1]}')
-    images = np.repeat(images, channels, axis=-1)
-  if image_size is None:
-    return images
-  for axis in (1, 2):
-    excess = images.shape[axis] - image_size
-    if excess > 0:
-      images = np.take(images, np.arange(image_size) + excess // 2, axis=axis)
-    elif excess < 0:
-      pad = [(0, 0)] * images.ndim
-      pad[axis] = (-excess // 2, -excess - (-excess // 2))
-      images = np.pad(images, pad)
-  return images
-
-
-def resize_and_centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Resizes the shorter side of an image to size and crops the centre square.
-
-  Args:
-    image: uint8 [H, W, C].
-    size: side of the result.
-
-  Returns:
-    uint8 [size, size, C].
-  """
-  height, width = image.shape[:2]
-  scale = size / min(height, width)
-  new_width = max(size, round(width * scale))
-  new_height = max(size, round(height * scale))
-  pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-  resized = np.asarray(pil.resize((new_width, new_height),
-                                  Image.Resampling.BICUBIC))
-  resized = resized.reshape(new_height, new_width, image.shape[-1])
-  top, left = (new_height - size) // 2, (new_width - size) // 2
-  return resized[top:top + size, left:left + size]
-
-
-class TfdsSource:
-  """Random access to a prepared TFDS split, images fitted to one shape.
-
-  `source[indices]` returns {'image': uint8 [len(indices), S, S, C],
-  'label': int32 [len(indices)]} like the arrays of the offline readers.
-  """
-
-  def __init__(self, source: Any, image_size: int | None,
-               channels: int | None, fixed_shape: bool,
-               num_examples: int | None = None):
-    """Args:
-
-      source: a `tfds.data_source` split: len() and [int] -> {'image', 'label'}.
-      image_size: stored side S (None: native, only with fixed_shape).
-      channels: stored channels (None: native).
-      fixed_shape: whether all images share one shape; they are then padded or
-        cropped like `fit_images`, otherwise resized and centre-cropped.
-      num_examples: keep the first num_examples (None: all).
-    """
-    self._source = source
-    self._image_size = image_size
-    self._channels = channels
-    self._fixed_shape = fixed_shape
-    self._length = (len(source) if num_examples is None else
-                    min(num_examples, len(source)))
-
-  def __len__(self) -> int:
-    return self._length
-
-  def _fit(self, image: np.ndarray) -> np.ndarray:
-    if not self._fixed_shape:
-      image = resize_and_centre_crop(image, self._image_size)
-    return fit_images(image[None], self._image_size, self._channels)[0]
-
-  def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    records = [self._source[int(i)] for i in indices]
-    return {'image': np.stack([self._fit(np.asarray(r['image'], np.uint8))
-                               for r in records]),
-            'label': np.asarray([r['label'] for r in records], np.int32)}
-
-
-def _tfds() -> Any:
-  """`tensorflow_datasets`, imported on first use: only 'tfds:' datasets need
-  it (the `tfds` extra), so the rest runs without it."""
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        "'tfds:' datasets need tensorflow-datasets: pip install -e "
-        "'.[experiments,tfds]'") from e
-  return tfds
-
-
-def tfds_builder(name: str, data_dir: str | None) -> Any:
-  """The builder of a TFDS dataset, which must be prepared in data_dir.
-
-  Raises:
-    FileNotFoundError: not prepared there (nothing is downloaded).
-  """
-  builder = _tfds().builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. '
-        f'Prepare it beforehand in array_record format (random access needs '
-        f'it), e.g. `tfds build {name} --file_format=array_record '
-        f'--data_dir=DIR`, and set config.dataset.data_dir=DIR.')
-  return builder
-
-
-def data_size(data: Any) -> int:
-  """Number of examples of a dataset dict or source."""
-  return len(data['label']) if isinstance(data, Mapping) else len(data)
-
-
-def take(data: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
-  """The examples at indices, {'image': [len(indices), ...], 'label': [...]}."""
-  if isinstance(data, Mapping):
-    return {key: value[indices] for key, value in data.items()}
-  return data[indices]
-
-
-def normalize(images: np.ndarray, mean: tuple[float, ...],
-              std: tuple[float, ...]) -> np.ndarray:
-  """uint8 [..., C] to float32 (x / 255 - mean) / std per channel."""
-  scaled = images.astype(np.float32) / 255.0
-  return (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
-  """Centre size x size window of images [N, H, W, C]."""
-  top = (images.shape[1] - size) // 2
-  left = (images.shape[2] - size) // 2
-  return images[:, top:top + size, left:left + size]
-
-
-def random_crop_and_flip(images: np.ndarray, rng: np.random.Generator,
-                         crop_size: int, padding: int = 0) -> np.ndarray:
-  """Random crop of zero-padded images, each flipped left-right with p = 1/2.
-
-  Args:
-    images: [N, H, W, C].
-    rng: draws the offsets, then the flips.
-    crop_size: side of the crop.
-    padding: zeros added on each side before cropping.
-
-  Returns:
-    [N, crop_size, crop_size, C].
-  """
-  num, height, width = images.shape[:3]
-  padded = np.pad(images, [(0, 0), (padding, padding), (padding, padding),
-                           (0, 0)])
-  top = rng.integers(0, height + 2 * padding - crop_size + 1, num)
-  left = rng.integers(0, width + 2 * padding - crop_size + 1, num)
-  flip = rng.random(num) < 0.5
-  offsets = np.arange(crop_size)
-  rows = top[:, None] + offsets
-  # A flipped crop reads its columns right to left: crop and flip in one gather.
-  cols = left[:, None] + np.where(flip[:, None], offsets[::-1], offsets)
-  return padded[np.arange(num)[:, None, None], rows[:, :, None],
-                cols[:, None, :]]
+from experiments.augmentation import augment
+from experiments.augmentation import centre_crop
+from experiments.augmentation import normalize
+from experiments.datasets import data_size
+from experiments.datasets import DatasetInfo
+from experiments.datasets import record
+from experiments.datasets import take
+# Re-exported: train.py, the notebooks and the benchmarks read datasets
+# through this module.
+# pylint: disable=unused-import,g-bad-import-order
+from experiments.datasets import load_dataset
+from experiments.datasets import read_embedded_fashion_mnist
+from experiments.datasets import read_idx_dataset
+# pylint: enable=unused-import,g-bad-import-order
 
 
 def preprocess(batch: Mapping[str, np.ndarray], info: DatasetInfo,
@@ -394,21 +51,17 @@ def preprocess(batch: Mapping[str, np.ndarray], info: DatasetInfo,
   """A uint8 batch to the model's input: augmented if rng is given, normalised.
 
   Args:
-    batch: {'image': uint8 [B, S, S, C], 'label': [B]}.
+    batch: {'image': uint8 [B, S, S, C], 'label': [B]} (stored shape).
     info: the dataset's info (augmentation, input shape, mean, std).
     rng: draws the augmentation; None: evaluation (centre crop only).
 
   Returns:
     {'image': float32 [B, *info.image_shape], 'label': int32 [B]}.
   """
-  size = info.image_shape[0]
-  images = batch['image']
-  if rng is not None and info.augmentation == 'cifar':
-    images = random_crop_and_flip(images, rng, size, CIFAR_PADDING)
-  elif rng is not None and info.augmentation == 'imagenet':
-    images = random_crop_and_flip(images, rng, size)
+  if rng is None:
+    images = centre_crop(batch['image'], info.image_shape[0])
   else:
-    images = centre_crop(images, size)
+    images = np.stack([augment(image, info, rng) for image in batch['image']])
   return {'image': normalize(images, info.mean, info.std),
           'label': np.asarray(batch['label'], np.int32)}
 
@@ -449,31 +102,43 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return local
 
 
-def train_batches(data: Any, info: DatasetInfo, global_batch_size: int,
-                  seed: int, start_step: int = 0,
-                  process_index: int | None = None,
-                  process_count: int | None = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless augmented training batches of this process, from step start_step.
+def _training_record(position: int, _, *, data: Any, order: grain.MapDataset,
+                     num_examples: int, epoch_records: int,
+                     native: bool) -> dict[str, Any]:
+  """The example at global position `position` of the endless training
+  stream: epoch position // epoch_records, its order a grain index shuffle."""
+  epoch, offset = divmod(position, epoch_records)
+  return record(data, order[epoch * num_examples + offset], native)
 
-  The examples of step s are rows of a permutation of the data drawn from
-  (seed, epoch), the last incomplete global batch of each epoch dropped; the
-  augmentation is drawn from (seed, s, process_index). So the batch of step s
-  does not depend on where the iteration started, and training resumes exactly.
 
-  Args:
-    data: dataset dict or source.
-    info: the dataset's info.
-    global_batch_size: examples per step over all processes; each process gets
-      global_batch_size / process_count, divisible by its local device count.
-    seed: seed of the shuffle and the augmentation.
-    start_step: the first step yielded.
-    process_index: this process (None: jax.process_index()).
-    process_count: processes (None: jax.process_count()).
+def _augment_record(example: dict[str, Any], rng: np.random.Generator, *,
+                    info: DatasetInfo) -> dict[str, Any]:
+  return {'image': augment(example['image'], info, rng),
+          'label': example['label']}
 
-  Yields:
-    {'image': float32 [local_batch, *info.image_shape], 'label': int32
-    [local_batch]}.
+
+def _normalize_batch(batch: dict[str, np.ndarray], *,
+                     info: DatasetInfo) -> dict[str, np.ndarray]:
+  return {'image': normalize(batch['image'], info.mean, info.std),
+          'label': np.asarray(batch['label'], np.int32)}
+
+
+def train_dataset(data: Any, info: DatasetInfo, global_batch_size: int,
+                  seed: int, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.MapDataset:
+  """This process's training batches as a lazy grain `MapDataset`: element s
+  is its part of the global batch of step s (endless; see the module doc).
+
+  Global step s holds positions [s G, (s + 1) G) of the stream, G the global
+  batch; epoch e is the first floor(N / G) G examples of permutation e (the
+  last incomplete global batch dropped); process p reads rows
+  [p G / P, (p + 1) G / P) of every global batch.
+
+  Args: as `train_batches`.
+
+  Returns:
+    MapDataset of {'image': float32 [G / P, *info.image_shape], 'label':
+    int32 [G / P]}.
   """
   process_index, process_count = _process(process_index, process_count)
   local = _local_batch_size(global_batch_size, process_count)
@@ -482,16 +147,83 @@ def train_batches(data: Any, info: DatasetInfo, global_batch_size: int,
   if steps_per_epoch == 0:
     raise ValueError(f'{num_examples} examples are fewer than one global batch '
                      f'of {global_batch_size}')
-  step = start_step
-  while True:
-    epoch, position = divmod(step, steps_per_epoch)
-    # The second word keeps the shuffle and augmentation seeds apart.
-    order = np.random.default_rng([seed, 0, epoch]).permutation(num_examples)
-    start = position * global_batch_size + process_index * local
-    batch = take(data, order[start:start + local])
-    rng = np.random.default_rng([seed, 1, step, process_index])
-    yield preprocess(batch, info, rng)
-    step += 1
+  # Permutation e is order[e N: (e + 1) N], computed index by index.
+  order = grain.MapDataset.range(num_examples).seed(seed).shuffle()
+  epoch_records = steps_per_epoch * global_batch_size
+  read = functools.partial(
+      _training_record, data=data, order=order, num_examples=num_examples,
+      epoch_records=epoch_records, native=info.augmentation == 'imagenet')
+  # The augmentation generator of a record is drawn from (seed, its global
+  # position): independent of process and worker counts.
+  stream = (grain.MapDataset.range(epoch_records).repeat().seed(seed + 1)
+            .map_with_index(read)
+            .random_map(functools.partial(_augment_record, info=info)))
+  batches = stream.batch(local, drop_remainder=True)
+  return batches[process_index::process_count].map(
+      functools.partial(_normalize_batch, info=info))
+
+
+def _worker_processes(dataset: grain.IterDataset,
+                      num_workers: int) -> grain.IterDataset:
+  """dataset read by num_workers grain processes (0: as it is)."""
+  if num_workers < 0:
+    raise ValueError(f'num_workers must be >= 0, got {num_workers}')
+  if not num_workers:
+    return dataset
+  # Grain's workers read absl flags; outside an absl app (tests, benchmarks)
+  # they are not parsed, and the defaults are what we want.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers))
+
+
+def train_batches(data: Any, info: DatasetInfo, global_batch_size: int,
+                  seed: int, start_step: int = 0,
+                  process_index: int | None = None,
+                  process_count: int | None = None, num_workers: int = 0,
+                  read_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """Endless augmented training batches of this process, from step start_step.
+
+  Args:
+    data: dataset dict or source (`experiments.datasets`).
+    info: the dataset's info.
+    global_batch_size: examples per step over all processes; each process gets
+      global_batch_size / process_count, divisible by its local device count.
+    seed: seed of the shuffle and the augmentation.
+    start_step: the first step yielded.
+    process_index: this process (None: jax.process_index()).
+    process_count: processes (None: jax.process_count()).
+    num_workers: grain worker processes that read, decode and augment
+      (0: this process, with read_threads threads).
+    read_threads: threads per process reading records.
+
+  Yields:
+    {'image': float32 [local_batch, *info.image_shape], 'label': int32
+    [local_batch]}; the same whatever num_workers and start_step.
+  """
+  dataset = train_dataset(data, info, global_batch_size, seed, process_index,
+                          process_count)[start_step:]
+  batches = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
+  return iter(_worker_processes(batches, num_workers))
+
+
+def shard(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Host batch [B_local, ...] -> [local_devices, B_local / devices, ...]."""
+  devices = jax.local_device_count()
+  return {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]],
+                       size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Host batches sharded over the local devices, `size` transfers ahead.
+
+  Yields:
+    {key: [local_devices, B_local / devices, ...] arrays on the devices},
+    the layout of `jax.pmap`.
+  """
+  return jax_utils.prefetch_to_device(map(shard, batches), size)
 
 
 def eval_batches(data: Any, info: DatasetInfo, global_batch_size: int,
@@ -544,106 +276,96 @@ def hessian_dataset(data: Any, info: DatasetInfo,
   return preprocess(take(data, np.arange(num_examples)), info)
 
 
-def channel_moments(images: np.ndarray) -> tuple[tuple[float, ...], ...]:
-  """Per-channel mean and standard deviation of uint8 images [N, H, W, C]."""
-  scaled = images.reshape(-1, images.shape[-1]) / 255.0
-  return tuple(scaled.mean(0).tolist()), tuple(scaled.std(0).tolist())
+class HessianSet:
+  """This process's share of the Hessian batches, decoded and cropped once.
+
+  Calling it returns a fresh iterator of the normalised batches: the
+  streamed-dataset form of `spectral_density.get_hvp_fn`. A product costs
+  one pass of uint8 -> float32 normalisation, no decoding.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray,
+               batch_sizes: list[int], info: DatasetInfo):
+    """Args:
+
+      images: uint8 [n, *info.image_shape] (array or memory map), the batches
+        one after another.
+      labels: int32 [n].
+      batch_sizes: examples of each batch, summing to n.
+      info: mean and std of the normalisation.
+    """
+    self.images, self.labels = images, labels
+    self.batch_sizes = batch_sizes
+    self._info = info
+
+  def __len__(self) -> int:
+    return len(self.batch_sizes)
+
+  def __call__(self) -> Iterator[dict[str, np.ndarray]]:
+    start = 0
+    for size in self.batch_sizes:
+      yield {'image': normalize(self.images[start:start + size],
+                                self._info.mean, self._info.std),
+             'label': self.labels[start:start + size]}
+      start += size
 
 
-def _read_arrays(cfg: Any) -> tuple[dict, dict, str, int]:
-  """(train, test, normalisation key, classes) of the offline datasets."""
-  name, data_dir = cfg.name, cfg.get('data_dir')
-  if name == 'embedded_fashion_mnist':
-    return (read_embedded_fashion_mnist('train'),
-            read_embedded_fashion_mnist('test'), 'fashion_mnist', 10)
-  if name in ('fashion_mnist_idx', 'mnist_idx'):
-    return (read_idx_dataset(data_dir, 'train'),
-            read_idx_dataset(data_dir, 'test'), name[:-len('_idx')], 10)
-  if name == 'cifar10_python':
-    return (read_cifar10_python(data_dir, 'train'),
-            read_cifar10_python(data_dir, 'test'), 'cifar10', 10)
-  if name == 'npz':
-    train = read_npz(pathlib.Path(data_dir) / 'train.npz')
-    test = read_npz(pathlib.Path(data_dir) / 'test.npz')
-    return train, test, None, int(train['label'].max()) + 1
-  if name == 'synthetic':
-    num_classes = cfg.get('num_classes') or 10
-    train, test = synthetic_dataset(
-        cfg.get('num_train') or 1024, cfg.get('num_test') or 256,
-        tuple(cfg.get('image_shape', (28, 28, 1))), num_classes,
-        cfg.get('seed', 0))
-    return train, test, None, num_classes
-  raise ValueError(f'unknown dataset {name!r}')
+def _hessian_record(position: int, *, data: Any, indices: np.ndarray,
+                    size: int) -> dict[str, Any]:
+  example = record(data, int(indices[position]))
+  return {'image': centre_crop(example['image'], size),
+          'label': example['label']}
 
 
-def _load_tfds(cfg: Any) -> tuple[TfdsSource, TfdsSource, str, int, tuple]:
-  """(train, test, normalisation key, classes, model input shape) from TFDS."""
-  name = cfg.name[len('tfds:'):]
-  builder = tfds_builder(name, cfg.get('data_dir'))
-  native_shape = builder.info.features['image'].shape
-  fixed_shape = None not in native_shape
-  channels = cfg.get('channels') or native_shape[-1]
-  input_size = cfg.get('image_size') or native_shape[0] or 224
-  stored_size = (input_size if fixed_shape else
-                 round(input_size / IMAGENET_CROP_FRACTION))
-  splits = []
-  for split, num in (('train', cfg.get('num_train')),
-                     ('test', cfg.get('num_test'))):
-    source = _tfds().data_source(name, split=split,
-                                 data_dir=cfg.get('data_dir'), download=False)
-    splits.append(TfdsSource(source, stored_size, channels, fixed_shape, num))
-  return (*splits, name, builder.info.features['label'].num_classes,
-          (input_size, input_size, channels))
+def prepare_hessian_set(data: Any, info: DatasetInfo, num_examples: int,
+                        batch_size: int, cache_dir: str | None = None,
+                        num_workers: int = 0, process_index: int | None = None,
+                        process_count: int | None = None,
+                        chunk: int = 256) -> HessianSet:
+  """Decodes and crops this process's Hessian batches once.
 
-
-def _normalization(cfg: Any, key: str | None, train: Any,
-                   channels: int) -> tuple[tuple[float, ...], ...]:
-  """(mean, std) per channel: the config's, the published, or estimated."""
-  if cfg.get('mean') and cfg.get('std'):
-    return tuple(cfg.mean), tuple(cfg.std)
-  if key in NORMALIZATION:
-    mean, std = NORMALIZATION[key]
-    # Grey images repeated to three channels keep their one-channel statistics.
-    return mean * (channels // len(mean)), std * (channels // len(std))
-  sample = take(train, np.arange(min(MOMENTS_SAMPLE, data_size(train))))
-  return channel_moments(sample['image'])
-
-
-def load_dataset(config: Any) -> tuple[Any, Any, DatasetInfo]:
-  """Loads the dataset described by config.dataset (schema in the module doc).
+  The batches are those of `hessian_batch_starts` (the first num_examples
+  examples cut into batches of batch_size, dealt to the processes), with the
+  evaluation crop and no augmentation.
 
   Args:
-    config: ml_collections.ConfigDict with a `dataset` field.
+    data: the training dataset dict or source.
+    info: the dataset's info.
+    num_examples: size of the whole Hessian set (capped at the data size).
+    batch_size: examples per Hessian batch.
+    cache_dir: if given, the images go to a memory-mapped .npy file there
+      (one per process) instead of host memory.
+    num_workers: grain worker processes that decode (0: this process).
+    process_index: this process (None: jax.process_index()).
+    process_count: processes (None: jax.process_count()).
+    chunk: records decoded per grain element.
 
   Returns:
-    (train, test, info): train and test dataset dicts {'image': uint8
-    [N, S, S, C], 'label': int32 [N]} (`TfdsSource` for TFDS), and their
-    `DatasetInfo`.
+    `HessianSet` of this process's share.
   """
-  cfg = config.dataset
-  if cfg.name.startswith('tfds:'):
-    train, test, key, num_classes, image_shape = _load_tfds(cfg)
+  process_index, process_count = _process(process_index, process_count)
+  num_examples = min(num_examples, data_size(data))
+  starts = hessian_batch_starts(num_examples, batch_size, process_index,
+                                process_count)
+  # The share is consecutive batches, so consecutive examples.
+  indices = np.arange(starts.start, min(starts.stop, num_examples))
+  batch_sizes = [min(batch_size, num_examples - s) for s in starts]
+  shape = (len(indices), *info.image_shape)
+  if cache_dir is None:
+    images = np.empty(shape, np.uint8)
   else:
-    train, test, key, num_classes = _read_arrays(cfg)
-    train, test = (
-        {'image': fit_images(d['image'][:num], cfg.get('image_size'),
-                             cfg.get('channels')),
-         'label': d['label'][:num]}
-        for d, num in ((train, cfg.get('num_train')),
-                       (test, cfg.get('num_test'))))
-    image_shape = train['image'].shape[1:]
-  if cfg.get('num_classes') not in (None, num_classes):
-    raise ValueError(f'{cfg.name} has {num_classes} classes, the config says '
-                     f'{cfg.num_classes}')
-  mean, std = _normalization(cfg, key, train, image_shape[-1])
-  default_augmentation = {'cifar10': 'cifar', 'imagenet2012': 'imagenet'}
-  augmentation = (cfg.get('augmentation') or
-                  default_augmentation.get(key, 'none'))
-  if augmentation not in AUGMENTATIONS:
-    raise ValueError(f'augmentation must be one of {AUGMENTATIONS}, got '
-                     f'{augmentation!r}')
-  info = DatasetInfo(
-      name=cfg.name, num_classes=num_classes, image_shape=tuple(image_shape),
-      mean=mean, std=std, augmentation=augmentation,
-      num_train=data_size(train), num_test=data_size(test))
-  return train, test, info
+    os.makedirs(cache_dir, exist_ok=True)
+    images = np.lib.format.open_memmap(
+        os.path.join(cache_dir, f'hessian_images_{process_index}.npy'), 'w+',
+        np.uint8, shape)
+  labels = np.empty(len(indices), np.int32)
+  decoded = grain.MapDataset.range(len(indices)).map(functools.partial(
+      _hessian_record, data=data, indices=indices, size=info.image_shape[0]))
+  stream = _worker_processes(decoded.batch(chunk).to_iter_dataset(),
+                             num_workers)
+  start = 0
+  for part in stream:
+    images[start:start + len(part['label'])] = part['image']
+    labels[start:start + len(part['label'])] = part['label']
+    start += len(part['label'])
+  return HessianSet(images, labels, batch_sizes, info)

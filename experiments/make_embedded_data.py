@@ -16,10 +16,10 @@ import shutil
 
 import numpy as np
 
-from experiments import input_pipeline
+from experiments import datasets
 
 DEFAULT_SOURCE = '/work/shared/data/fashion-mnist'
-OUTPUT = input_pipeline.EMBEDDED_FASHION_MNIST
+OUTPUT = datasets.EMBEDDED_FASHION_MNIST
 
 
 def balanced_indices(labels: np.ndarray, per_class: int,
@@ -58,7 +58,7 @@ def build_subset(source_dir: str | pathlib.Path, train_per_class: int,
   arrays = {}
   for split, per_class in (('train', train_per_class),
                            ('test', test_per_class)):
-    data = input_pipeline.read_idx_dataset(source_dir, split)
+    data = datasets.read_idx_dataset(source_dir, split)
     indices = balanced_indices(data['label'], per_class, rng)
     arrays[f'{split}_image'] = data['image'][indices]
     arrays[f'{split}_label'] = data['label'][indices]

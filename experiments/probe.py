@@ -89,15 +89,10 @@ class SpectrumProbe:
       size = input_pipeline.data_size(self._train)
       num = size if num is None else min(num, size)
       if self.config.stream:
-        # With several processes each streams its share; the operator adds
-        # the shares.
-        batch, train, info = self.config.batch_size, self._train, self._info
-        def stream():
-          for start in input_pipeline.hessian_batch_starts(num, batch):
-            indices = np.arange(start, min(start + batch, num))
-            yield input_pipeline.preprocess(
-                input_pipeline.take(train, indices), info)
-        self._data = stream
+        # With several processes each streams its share, decoded once; the
+        # operator adds the shares.
+        self._data = input_pipeline.prepare_hessian_set(
+            self._train, self._info, num, self.config.batch_size)
       else:
         self._data = input_pipeline.hessian_dataset(self._train, self._info,
                                                     num)

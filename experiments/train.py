@@ -313,9 +313,9 @@ def train_and_evaluate(config, workdir):
   p_eval_step = jax.pmap(functools.partial(eval_step, model=model),
                          axis_name=AXIS)
   rstate = jax_utils.replicate(state)
-  batches = input_pipeline.train_batches(train, info, config.batch_size,
-                                         seed=config.seed,
-                                         start_step=start_step)
+  batches = input_pipeline.prefetch_to_device(input_pipeline.train_batches(
+      train, info, config.batch_size, seed=config.seed, start_step=start_step,
+      num_workers=config.dataset.get('num_workers') or 0))
   stop = config.stop_after_steps
   history, last_eval = [], (eval_log.records[-1] if eval_log.records else None)
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not writer,
@@ -362,7 +362,7 @@ def train_and_evaluate(config, workdir):
       take_snapshot(step)
     if step == num_steps:
       break
-    rstate, metrics = p_train_step(rstate, shard(next(batches)))
+    rstate, metrics = p_train_step(rstate, next(batches))
     history.append(metrics)
     done = step + 1
     bar.update(1)

@@ -1,24 +1,17 @@
 """Tests of experiments/input_pipeline.py."""
 
-import gzip
-import pickle
-import types
+import io
 
+import grain
+import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
+from experiments import augmentation
+from experiments import image_sources
 from experiments import input_pipeline as ip
-
-
-def idx_bytes(array, dtype_code, big_endian_dtype):
-  header = bytes([0, 0, dtype_code, array.ndim])
-  dims = np.asarray(array.shape, '>i4').tobytes()
-  return header + dims + np.asarray(array, big_endian_dtype).tobytes()
-
-
-def config(**dataset):
-  return ml_collections.ConfigDict({'dataset': dataset})
 
 
 def info_for(image_shape, augmentation='none', mean=None, std=None):
@@ -33,139 +26,6 @@ def numbered(num_examples, shape=(4, 4, 1)):
   """Images that are all 7, labelled by their own index, to track examples."""
   return {'image': np.full((num_examples, *shape), 7, np.uint8),
           'label': np.arange(num_examples, dtype=np.int32)}
-
-
-def test_parse_idx_reads_header_dims_and_big_endian_data():
-  array = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5
-  np.testing.assert_array_equal(ip.parse_idx(idx_bytes(array, 0x0C, '>i4')),
-                                array)
-  with pytest.raises(ValueError, match='magic'):
-    ip.parse_idx(b'\x01\x00\x08\x01' + bytes(8))
-
-
-def test_idx_reader_gives_all_fashion_mnist_examples(fashion_mnist_path):
-  train = ip.read_idx_dataset(fashion_mnist_path, 'train')
-  test = ip.read_idx_dataset(fashion_mnist_path, 'test')
-  assert train['image'].shape == (60_000, 28, 28, 1)
-  assert test['image'].shape == (10_000, 28, 28, 1)
-  assert train['image'].dtype == np.uint8 and train['label'].dtype == np.int32
-  # An independent parse: the label file has an 8-byte header, images 16.
-  with gzip.open(fashion_mnist_path / 'train-labels-idx1-ubyte.gz') as f:
-    labels = np.frombuffer(f.read(), np.uint8, offset=8)
-  with gzip.open(fashion_mnist_path / 't10k-images-idx3-ubyte.gz') as f:
-    first_test_image = np.frombuffer(f.read(), np.uint8, 784, offset=16)
-  np.testing.assert_array_equal(train['label'], labels)
-  np.testing.assert_array_equal(train['label'][:10],
-                                [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])
-  np.testing.assert_array_equal(test['image'][0].ravel(), first_test_image)
-  np.testing.assert_array_equal(np.bincount(train['label']), [6000] * 10)
-
-
-def test_embedded_subset_is_small_balanced_and_licensed():
-  assert ip.EMBEDDED_FASHION_MNIST.stat().st_size < 2_000_000
-  assert 'Zalando' in (ip.EMBEDDED_FASHION_MNIST.parent /
-                       'FASHION_MNIST_COPYRIGHT').read_text()
-  train = ip.read_embedded_fashion_mnist('train')
-  test = ip.read_embedded_fashion_mnist('test')
-  np.testing.assert_array_equal(np.bincount(train['label']), [300] * 10)
-  np.testing.assert_array_equal(np.bincount(test['label']), [100] * 10)
-  assert train['image'].shape == (3000, 28, 28, 1)
-
-
-def test_embedded_subset_matches_idx_originals(fashion_mnist_path):
-  with np.load(ip.EMBEDDED_FASHION_MNIST) as f:
-    subset = {k: f[k] for k in f.files}
-  for split in ('train', 'test'):
-    original = ip.read_idx_dataset(fashion_mnist_path, split)
-    index = subset[f'{split}_index']
-    assert len(np.unique(index)) == len(index)
-    np.testing.assert_array_equal(subset[f'{split}_image'],
-                                  original['image'][index])
-    np.testing.assert_array_equal(subset[f'{split}_label'],
-                                  original['label'][index])
-
-
-def test_cifar10_pickle_reader_round_trips(tmp_path):
-  rng = np.random.default_rng(0)
-  written = {}
-  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
-    images = rng.integers(0, 256, (3, 32, 32, 3), np.uint8)
-    labels = rng.integers(0, 10, 3).tolist()
-    written[name] = (images, labels)
-    # The CIFAR layout: each row is the red plane, then green, then blue.
-    rows = images.transpose(0, 3, 1, 2).reshape(3, 3072)
-    with open(tmp_path / name, 'wb') as f:
-      pickle.dump({b'data': rows, b'labels': labels}, f)
-  train = ip.read_cifar10_python(tmp_path, 'train')
-  test = ip.read_cifar10_python(tmp_path, 'test')
-  np.testing.assert_array_equal(train['image'], np.concatenate(
-      [written[f'data_batch_{i}'][0] for i in range(1, 6)]))
-  np.testing.assert_array_equal(train['label'], sum(
-      (written[f'data_batch_{i}'][1] for i in range(1, 6)), []))
-  np.testing.assert_array_equal(test['image'], written['test_batch'][0])
-  assert train['image'].shape == (15, 32, 32, 3)
-
-
-def test_npz_dataset_loads_with_statistics_of_its_training_images(tmp_path):
-  rng = np.random.default_rng(0)
-  for split, num in (('train', 40), ('test', 8)):
-    np.savez(tmp_path / f'{split}.npz',
-             image=rng.integers(0, 256, (num, 6, 6, 2), np.uint8),
-             label=np.arange(num) % 3)
-  train, test, info = ip.load_dataset(config(name='npz',
-                                             data_dir=str(tmp_path)))
-  expected = ip.read_npz(tmp_path / 'train.npz')
-  np.testing.assert_array_equal(train['image'], expected['image'])
-  scaled = expected['image'].reshape(-1, 2) / 255.0
-  np.testing.assert_allclose(info.mean, scaled.mean(0))
-  np.testing.assert_allclose(info.std, scaled.std(0))
-  assert (info.num_classes, info.num_train, info.num_test) == (3, 40, 8)
-
-
-def test_synthetic_data_is_a_function_of_the_seed():
-  first = ip.synthetic_dataset(50, 10, (5, 5, 3), 4, seed=1)
-  again = ip.synthetic_dataset(50, 10, (5, 5, 3), 4, seed=1)
-  other = ip.synthetic_dataset(50, 10, (5, 5, 3), 4, seed=2)
-  for split in (0, 1):
-    for key in ('image', 'label'):
-      np.testing.assert_array_equal(first[split][key], again[split][key])
-  assert not np.array_equal(first[0]['image'], other[0]['image'])
-  assert first[0]['image'].shape == (50, 5, 5, 3)
-  assert set(np.unique(first[0]['label'])) == {0, 1, 2, 3}
-
-
-def test_fit_images_pads_centred_and_repeats_grey_channels():
-  images = np.arange(2 * 28 * 28).reshape(2, 28, 28, 1).astype(np.uint8)
-  fitted = ip.fit_images(images, 32, 3)
-  assert fitted.shape == (2, 32, 32, 3)
-  for channel in range(3):
-    np.testing.assert_array_equal(fitted[:, 2:30, 2:30, channel],
-                                  images[..., 0])
-  assert fitted[:, :2].max() == 0 and fitted[:, 30:].max() == 0
-  np.testing.assert_array_equal(ip.fit_images(fitted, 28, None)[..., :1],
-                                images)
-
-
-def test_random_crop_and_flip_only_flips_without_padding_deterministically():
-  images = np.random.default_rng(0).integers(0, 256, (16, 5, 5, 1), np.uint8)
-  out = ip.random_crop_and_flip(images, np.random.default_rng(3), 5)
-  again = ip.random_crop_and_flip(images, np.random.default_rng(3), 5)
-  np.testing.assert_array_equal(out, again)
-  flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
-  kept = [np.array_equal(o, i) for o, i in zip(out, images)]
-  assert all(f or k for f, k in zip(flipped, kept))
-  assert 0 < sum(flipped) < 16
-
-
-def test_cifar_augmentation_crops_a_window_of_the_padded_image():
-  images = np.random.default_rng(0).integers(1, 256, (6, 8, 8, 3), np.uint8)
-  out = ip.random_crop_and_flip(images, np.random.default_rng(1), 8, padding=4)
-  assert out.shape == images.shape and out.dtype == np.uint8
-  padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
-  for o, p in zip(out, padded):
-    windows = [w for y in range(9) for x in range(9)
-               for w in (p[y:y + 8, x:x + 8], p[y:y + 8, x:x + 8][:, ::-1])]
-    assert any(np.array_equal(o, w) for w in windows)
 
 
 def test_preprocess_normalises_and_centre_crops_for_evaluation():
@@ -280,68 +140,202 @@ def test_hessian_dataset_is_the_first_examples_unaugmented():
   assert ip.hessian_dataset(data, info)['image'].shape == (20, 8, 8, 3)
 
 
-def test_load_embedded_fashion_mnist_padded_to_resnet_input():
-  _, _, native = ip.load_dataset(config(name='embedded_fashion_mnist'))
-  assert native.image_shape == (28, 28, 1)
-  assert (native.num_train, native.num_test) == (3000, 1000)
-  train, test, info = ip.load_dataset(config(
-      name='embedded_fashion_mnist', num_train=500, image_size=32, channels=3))
-  assert train['image'].shape == (500, 32, 32, 3)
-  assert test['image'].shape == (1000, 32, 32, 3)
-  assert info.image_shape == (32, 32, 3) and info.num_train == 500
-  assert info.mean == (0.2860,) * 3 and info.std == (0.3530,) * 3
-  assert info.augmentation == 'none' and info.num_classes == 10
+@pytest.mark.parametrize('process_count', [1, 2, 4])
+def test_per_host_shards_partition_every_epoch_and_epochs_reshuffle(
+    process_count):
+  data = numbered(70)
+  info = info_for((4, 4, 1))
+  # Global batch 32 (8 devices per host in the tests): 2 steps per epoch, 64
+  # of the 70 examples each epoch.
+  hosts = [ip.train_batches(data, info, 32, seed=1, process_index=p,
+                            process_count=process_count)
+           for p in range(process_count)]
+  epochs = []
+  for _ in range(3):
+    labels = [[next(h)['label'] for _ in range(2)] for h in hosts]
+    seen = np.concatenate(sum(labels, []))
+    # Every host reads disjoint examples: together each example at most once.
+    assert len(seen) == 64 and len(np.unique(seen)) == 64
+    epochs.append(np.concatenate([np.concatenate(
+        [labels[p][s] for p in range(process_count)]) for s in range(2)]))
+  # The global order does not depend on the number of hosts.
+  single = ip.train_batches(data, info, 32, seed=1, process_index=0,
+                            process_count=1)
+  np.testing.assert_array_equal(
+      np.concatenate([next(single)['label'] for _ in range(6)]),
+      np.concatenate(epochs))
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert not np.array_equal(epochs[1], epochs[2])
 
 
-def test_load_synthetic_dataset_and_check_of_classes():
-  train, test, info = ip.load_dataset(config(
-      name='synthetic', num_train=64, num_test=16, num_classes=5,
-      image_shape=(6, 6, 3), seed=3))
-  assert train['image'].shape == (64, 6, 6, 3) and len(test['label']) == 16
-  assert info.num_classes == 5 and len(info.mean) == 3
-  with pytest.raises(ValueError, match='classes'):
-    ip.load_dataset(config(name='embedded_fashion_mnist', num_classes=100))
-  with pytest.raises(ValueError, match='unknown dataset'):
-    ip.load_dataset(config(name='svhn'))
+def test_epoch_order_is_grains_index_shuffle_of_seed_and_epoch():
+  """An epoch's order is a permutation drawn per index, not per step."""
+  order = grain.MapDataset.range(40).seed(7).shuffle()
+  for epoch in (0, 1, 2):
+    permutation = [order[epoch * 40 + i] for i in range(40)]
+    np.testing.assert_array_equal(np.sort(permutation), np.arange(40))
+  batches = ip.train_batches(numbered(40), info_for((4, 4, 1)), 40, seed=7,
+                             process_index=0, process_count=1)
+  for epoch in (0, 1):
+    np.testing.assert_array_equal(next(batches)['label'],
+                                  [order[epoch * 40 + i] for i in range(40)])
 
 
-def fake_tfds(monkeypatch, image_shape, records, prepared=True):
-  """Stands in for a prepared TFDS dataset (TFDS cannot prepare one offline)."""
-  builder = types.SimpleNamespace(
-      is_prepared=lambda: prepared, data_dir='/nowhere/imagenet2012',
-      info=types.SimpleNamespace(features={
-          'image': types.SimpleNamespace(shape=image_shape),
-          'label': types.SimpleNamespace(num_classes=1000)}))
-  fake = types.SimpleNamespace(
-      builder=lambda name, data_dir: builder,
-      data_source=lambda name, split, data_dir, download: records)
-  monkeypatch.setattr(ip, '_tfds', lambda: fake)
-
-
-def test_tfds_dataset_must_be_prepared(monkeypatch):
-  fake_tfds(monkeypatch, (None, None, 3), [], prepared=False)
-  with pytest.raises(FileNotFoundError, match="'imagenet2012' is not prepared"):
-    ip.load_dataset(config(name='tfds:imagenet2012'))
-
-
-def test_tfds_imagenet_images_are_resized_then_cropped_by_augmentation(
-    monkeypatch):
+def test_training_crops_are_windows_of_the_padded_source_images():
   rng = np.random.default_rng(0)
-  records = [{'image': rng.integers(0, 256, shape, np.uint8), 'label': label}
-             for label, shape in enumerate([(60, 80, 3), (90, 45, 3),
-                                            (32, 32, 3)])]
-  fake_tfds(monkeypatch, (None, None, 3), records)
-  train, _, info = ip.load_dataset(config(name='tfds:imagenet2012',
-                                          image_size=28))
-  assert info.image_shape == (28, 28, 3) and info.augmentation == 'imagenet'
-  assert info.mean == (0.485, 0.456, 0.406)
-  stored = train[np.array([0, 1, 2])]
-  assert stored['image'].shape == (3, 32, 32, 3)
-  np.testing.assert_array_equal(stored['label'], [0, 1, 2])
-  # An image already of the stored size is unchanged by the resize.
-  np.testing.assert_array_equal(stored['image'][2], records[2]['image'])
-  batch = ip.preprocess(stored, info, np.random.default_rng(0))
-  assert batch['image'].shape == (3, 28, 28, 3)
-  np.testing.assert_array_equal(ip.preprocess(stored, info)['image'][:, 0, 0],
-                                ip.normalize(stored['image'][:, 2, 2],
-                                             info.mean, info.std))
+  data = {'image': rng.integers(1, 256, (24, 8, 8, 3), np.uint8),
+          'label': np.arange(24, dtype=np.int32)}
+  info = info_for((8, 8, 3), 'cifar', mean=(0.0,) * 3, std=(1 / 255,) * 3)
+  batch = next(ip.train_batches(data, info, 24, seed=0, process_index=0,
+                                process_count=1))
+  assert batch['image'].shape == (24, 8, 8, 3)
+  padded = np.pad(data['image'], [(0, 0), (4, 4), (4, 4), (0, 0)])
+  flips = 0
+  for image, label in zip(np.rint(batch['image']).astype(np.uint8),
+                          batch['label']):
+    p = padded[label]
+    windows = {(y, x, f): (p[y:y + 8, x:x + 8][:, ::-1] if f else
+                           p[y:y + 8, x:x + 8])
+               for y in range(9) for x in range(9) for f in (0, 1)}
+    matches = [k for k, w in windows.items() if np.array_equal(image, w)]
+    assert matches, f'example {label} is no window of its padded image'
+    flips += matches[0][2]
+  assert 0 < flips < 24
+
+
+def test_batches_do_not_depend_on_the_number_of_workers():
+  rng = np.random.default_rng(0)
+  data = {'image': rng.integers(0, 256, (32, 8, 8, 3), np.uint8),
+          'label': np.arange(32, dtype=np.int32)}
+  info = info_for((8, 8, 3), 'cifar')
+  inline = ip.train_batches(data, info, 8, seed=3, process_index=0,
+                            process_count=1)
+  expected = [next(inline) for _ in range(6)]
+  workers = ip.train_batches(data, info, 8, seed=3, start_step=2,
+                             process_index=0, process_count=1, num_workers=1)
+  for step in range(2, 6):
+    batch = next(workers)
+    np.testing.assert_array_equal(batch['label'], expected[step]['label'])
+    np.testing.assert_array_equal(batch['image'], expected[step]['image'])
+
+
+def coordinate_image(height, width):
+  """uint8 [H, W, 3]: channel 0 the row, channel 1 the column, 2 zero."""
+  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing='ij')
+  return np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)
+
+
+class TwoViews:
+  """A source whose stored images are black and decoded ones coordinates."""
+
+  def __len__(self):
+    return 16
+
+  def record(self, index):
+    return {'image': np.zeros((36, 36, 3), np.uint8), 'label': index}
+
+  def native_record(self, index):
+    return {'image': coordinate_image(90, 120), 'label': index}
+
+
+def test_imagenet_training_crops_the_decoded_image_not_the_stored_one():
+  info = info_for((32, 32, 3), 'imagenet', mean=(0.0,) * 3,
+                  std=(1 / 255,) * 3)
+  batch = next(ip.train_batches(TwoViews(), info, 16, seed=0,
+                                process_index=0, process_count=1))
+  assert batch['image'].shape == (16, 32, 32, 3)
+  images = np.rint(batch['image']).astype(int)
+  spans = []
+  for image in images:
+    rows, cols = image[:, 0, 0], image[0, :, 1]
+    # A resized window of the coordinate image: rows grow, columns grow or
+    # (flipped) shrink.
+    assert np.all(np.diff(rows) >= 0) and rows.max() <= 89
+    assert np.all(np.diff(cols) >= 0) or np.all(np.diff(cols) <= 0)
+    spans.append(rows.max() - rows.min())
+  # Windows of various sizes, most larger than the 36 stored pixels could be.
+  assert min(spans) < 50 < max(spans)
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_hessian_set_is_the_unaugmented_decoded_data_split_by_host(
+    tmp_path, cache):
+  source = image_sources.TfdsSource(
+      image_sources.JpegSource(23, [(40, 50, 3), (50, 40, 3)], num_distinct=23),
+      36, 3, fixed_shape=False)
+  info = info_for((32, 32, 3), 'imagenet', mean=(0.4, 0.5, 0.6),
+                  std=(0.2, 0.3, 0.25))
+  # The reference: decode each JPEG with PIL, resize, centre-crop by hand.
+  reference = []
+  for i in range(21):
+    decoded = np.asarray(Image.open(io.BytesIO(source._source.encoded(i))))
+    height, width = decoded.shape[:2]
+    scale = 36 / min(height, width)
+    resized = np.asarray(Image.fromarray(decoded).resize(
+        (max(36, round(width * scale)), max(36, round(height * scale))),
+        Image.Resampling.BICUBIC))
+    # Stored: the centre 36 x 36; the Hessian's crop: its centre 32 x 32.
+    top, left = (resized.shape[0] - 36) // 2, (resized.shape[1] - 36) // 2
+    reference.append(resized[top + 2:top + 34, left + 2:left + 34])
+  expected = augmentation.normalize(np.stack(reference), info.mean, info.std)
+  shares = [ip.prepare_hessian_set(
+      source, info, 21, 5, cache_dir=str(tmp_path) if cache else None,
+      process_index=p, process_count=2, chunk=4) for p in (0, 1)]
+  assert [len(s) for s in shares] == [2, 3]
+  batches = [b for s in shares for b in s()]
+  assert [len(b['label']) for b in batches] == [5, 5, 5, 5, 1]
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]),
+                                np.arange(21) % 1000)
+  np.testing.assert_allclose(np.concatenate([b['image'] for b in batches]),
+                             expected, atol=1e-6)
+  # A second pass reads the prepared arrays again: same batches.
+  again = list(shares[0]())
+  np.testing.assert_array_equal(again[0]['image'], batches[0]['image'])
+  assert isinstance(shares[0].images, np.memmap) == cache
+
+
+def test_prefetch_to_device_shards_each_batch_over_the_local_devices():
+  data = numbered(64)
+  info = info_for((4, 4, 1))
+  host = ip.train_batches(data, info, 16, seed=0, process_index=0,
+                          process_count=1)
+  expected = [next(host) for _ in range(3)]
+  on_devices = ip.prefetch_to_device(ip.train_batches(
+      data, info, 16, seed=0, process_index=0, process_count=1))
+  devices = jax.local_device_count()
+  for batch in expected:
+    placed = next(on_devices)
+    assert placed['image'].shape == (devices, 16 // devices, 4, 4, 1)
+    np.testing.assert_array_equal(np.asarray(placed['label']).ravel(),
+                                  batch['label'])
+    assert len(placed['label'].sharding.device_set) == devices
+
+
+def test_grain_reads_a_real_tfds_data_source(monkeypatch):
+  """tfds.data_source (random access, no TensorFlow) under TFDS's mock data,
+  through load_dataset and the grain pipeline."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=40):
+    # Mock data is never 'prepared'; the check itself is tested elsewhere.
+    monkeypatch.setattr(image_sources, 'tfds_builder',
+                        lambda name, data_dir: tfds.builder(name))
+    train, _, info = ip.load_dataset(ml_collections.ConfigDict(
+        {'dataset': {'name': 'tfds:cifar10'}}))
+    source = tfds.data_source('cifar10', split='train')
+    batches = ip.train_batches(train, info, 16, seed=0, process_index=0,
+                               process_count=1)
+    labels = np.concatenate([next(batches)['label'] for _ in range(2)])
+    # Two steps of epoch 0: the records of the first 32 shuffled indices.
+    order = grain.MapDataset.range(40).seed(0).shuffle()
+    np.testing.assert_array_equal(
+        labels, [source[order[i]]['label'] for i in range(32)])
+    hessian = ip.prepare_hessian_set(train, info, 40, 16, process_index=0,
+                                     process_count=1)
+    images = np.concatenate([b['image'] for b in hessian()])
+    reference = np.stack([np.asarray(source[i]['image']) for i in range(40)])
+    np.testing.assert_allclose(
+        images, ip.normalize(reference, info.mean, info.std), atol=1e-6)
+    np.testing.assert_array_equal(
+        np.concatenate([b['label'] for b in hessian()]),
+        [source[i]['label'] for i in range(40)])
+  assert info.augmentation == 'cifar' and labels.shape == (32,)

@@ -1,0 +1,349 @@
+"""Cost of the paper's measurements on whatever device JAX finds; prints tables.
+
+  python -m benchmarks.accelerator          # full sizes, < 8 min on an H100
+  python -m benchmarks.accelerator --tiny   # a minute on a CPU (CI runs it):
+                                            # the same code on a small MLP
+
+For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
+10,000 examples (synthetic uint8 images, batch norm in train mode, float32):
+  * training steps/s (SGD with momentum, batch 128, data on the device) and the
+    epoch time it implies;
+  * full-data gradient time (`get_hvp_fn(...).gradient()`);
+  * full-data H v time, resident (data on the device) and streamed (the
+    prepared `input_pipeline.HessianSet` from host memory), the input seconds
+    of each streamed product next to it, and the relative difference of the
+    two products (a correctness check);
+  * one order-90 SLQ draw (`lanczos_draws`). Where 90 products would not fit
+    --slq_budget_s, the draw is stopped after the budget and its time is
+    extrapolated from the measured seconds per Lanczos step after the first
+    segment (compilation), and labelled so;
+  * the ratios H v / gradient and SLQ / (90 x epoch); the authors' rule of
+    thumb is SLQ = 2 x 90 x epoch, i.e. a ratio of 2.
+Then one snapshot (gradient + order-90 draw) at the paper's scale, scaled
+linearly in the number of examples from these per-example costs, with the
+memory it needs.
+"""
+
+import argparse
+import dataclasses
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import spectral_density as sd
+from benchmarks import benchmark
+from experiments import datasets
+from experiments import input_pipeline
+from experiments import models
+
+# The models measured: change the name here when the authors' ResNet-32 gets
+# its own entry in `experiments.models.MODELS`.
+CIFAR_MODEL = 'resnet32'
+IMAGENET_MODEL = 'resnet18'
+ORDER = 90
+TRAIN_BATCH = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One model and dataset size to measure."""
+  title: str
+  model: str
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  num_examples: int
+  hessian_batch: int
+  paper_examples: int  # the Hessian set of the paper-scale snapshot
+  normalization: str
+  norm: str = 'batch'
+
+
+def cases(tiny: bool) -> list[Case]:
+  """The full cases, or (tiny) the same measurements on small MLPs, whose
+  compilation takes seconds where a ResNet's takes minutes on a small CPU."""
+  if tiny:
+    return [Case('MLP, CIFAR-shaped (tiny stand-in for ResNet-32)', 'mlp',
+                 (32, 32, 3), 10, 64, 32, 50_000, 'cifar10', 'none')]
+  return [Case('ResNet-32, 50k CIFAR-shaped', CIFAR_MODEL, (32, 32, 3), 10,
+               50_000, 128, 50_000, 'cifar10'),
+          Case('ResNet-18, 10k at 224x224', IMAGENET_MODEL, (224, 224, 3),
+               1000, 10_000, 64, 100_000, 'imagenet2012')]
+
+
+def _seconds(fn, repeats):
+  """Median seconds of fn() after a warm-up (compilation); every call,
+  the warm-up included, waits for the device."""
+  # pylint: disable-next=protected-access
+  return benchmark._seconds(lambda: jax.block_until_ready(fn()), repeats)
+
+
+def _peak_memory():
+  """Peak bytes in use on device 0, where the backend reports it."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def train_steps_per_second(loss, params, images, labels, steps):
+  """Steps/s of a jitted SGD-momentum step on batches already on the device."""
+  tx = optax.sgd(0.1, momentum=0.9)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    grads = jax.grad(loss)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  size = min(TRAIN_BATCH, len(labels))
+  batches = [{'image': images[i * size:(i + 1) * size],
+              'label': labels[i * size:(i + 1) * size]}
+             for i in range(len(labels) // size)]
+  state = (params, tx.init(params))
+  state = step(*state, batches[0])  # compile
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i in range(steps):
+    state = step(*state, batches[i % len(batches)])
+  jax.block_until_ready(state)
+  return steps / (time.perf_counter() - start)
+
+
+class _StopDraw(Exception):
+  pass
+
+
+def slq_draw_seconds(op, dim, budget_s, segment):
+  """(seconds of one order-ORDER draw, label).
+
+  The draw runs in segments of `segment` steps; the first two compile
+  (the second once more, measured), so the seconds per step are taken from
+  the later ones and multiplied by ORDER. The draw stops once budget_s is
+  spent and three segments are done.
+  """
+  marks = []
+
+  def progress(info):
+    marks.append((time.perf_counter(), info['step']))
+    if len(marks) >= 3 and marks[-1][0] - start > budget_s:
+      raise _StopDraw
+
+  start = time.perf_counter()
+  try:
+    sd.lanczos_draws(op, dim, ORDER, jax.random.key(0), progress=progress,
+                     checkpoint_every=segment)
+    how = 'measured'
+  except _StopDraw:
+    how = 'extrapolated from'
+  (t0, s0), (t1, s1) = marks[1], marks[-1]
+  return (t1 - t0) / (s1 - s0) * ORDER, f'{how} steps {s0 + 1}-{s1}'
+
+
+def _hvp_program_bytes(loss, params, batch):
+  """XLA's estimate of one batch's H v program: arguments+outputs+temps."""
+  return benchmark.compiled_bytes(jax.jit(functools.partial(sd.hvp, loss))
+                                  .lower(params, batch, params).compile())
+
+
+def _resident(case: Case, args) -> bool:
+  """Whether to measure the resident operator: not for convolutional models
+  on CPU, where XLA runs convolutions inside compiled loops far slower than
+  outside (JAX issue #12868; see the README), unless asked."""
+  if args.resident != 'auto':
+    return args.resident == 'on'
+  return jax.default_backend() != 'cpu' or case.model == 'mlp'
+
+
+def _log(case, what, start):
+  print(f'  {case.title}: {what} at {time.perf_counter() - start:.0f} s',
+        file=sys.stderr, flush=True)
+
+
+def measure(case: Case, args) -> dict:
+  """The rows of one case."""
+  begin = time.perf_counter()
+  rng = np.random.default_rng(0)
+  mean, std = datasets.NORMALIZATION[case.normalization]
+  info = datasets.DatasetInfo(case.title, case.num_classes, case.image_shape,
+                              mean, std, 'none', case.num_examples, 0)
+  train = {'image': rng.integers(0, 256, (case.num_examples,
+                                          *case.image_shape), np.uint8),
+           'label': rng.integers(0, case.num_classes, case.num_examples,
+                                 dtype=np.int32)}
+  model = models.create_model(case.model, case.num_classes, case.norm)
+  variables = models.init_variables(model, jax.random.key(0),
+                                    (1, *case.image_shape))
+  params, model_state = models.split_variables(variables)
+  loss = models.make_loss_fn(model, model_state, 'train')
+  resident = input_pipeline.hessian_dataset(train, info)
+  out = {'case': case, 'examples': case.num_examples,
+         'params': sum(x.size for x in jax.tree.leaves(params))}
+
+  if args.skip_training:
+    out['train_batch'] = out['train_steps_per_s'] = out['epoch_s'] = None
+  else:
+    device_images = jnp.asarray(resident['image'][:4 * TRAIN_BATCH])
+    device_labels = jnp.asarray(resident['label'][:4 * TRAIN_BATCH])
+    out['train_steps_per_s'] = train_steps_per_second(
+        loss, params, device_images, device_labels, args.train_steps)
+    del device_images, device_labels
+    _log(case, 'training', begin)
+    # An epoch of batches of TRAIN_BATCH (smaller runs train on smaller
+    # batches: per example).
+    out['train_batch'] = min(TRAIN_BATCH, case.num_examples)
+    out['epoch_s'] = case.num_examples / (out['train_batch'] *
+                                          out['train_steps_per_s'])
+
+  start = time.perf_counter()
+  hessian_set = input_pipeline.prepare_hessian_set(
+      train, info, case.num_examples, case.hessian_batch, process_index=0,
+      process_count=1)
+  out['prepare_s'] = time.perf_counter() - start
+  streamed, _, dim = sd.get_hvp_fn(loss, params, hessian_set)
+  v = jax.random.normal(jax.random.key(1), (dim,), jnp.float32)
+  # Streamed products pay the host's input each time: one warm-up, one timed.
+  jax.block_until_ready(streamed(v))
+  start = time.perf_counter()
+  hv_streamed = np.asarray(streamed(v))
+  out['hv_streamed_s'] = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in hessian_set():
+    pass
+  out['input_s'] = time.perf_counter() - start
+  _log(case, 'streamed H v', begin)
+
+  if _resident(case, args):
+    op, _, _ = sd.get_hvp_fn(loss, params, resident,
+                             batch_size=case.hessian_batch,
+                             devices=jax.local_devices()[:1])
+    out['gradient_s'] = _seconds(op.gradient, args.repeats)
+    out['hv_resident_s'] = _seconds(lambda: op(v), args.repeats)
+    hv_resident = np.asarray(op(v))
+    out['stream_rel_diff'] = float(np.linalg.norm(hv_streamed - hv_resident) /
+                                   np.linalg.norm(hv_resident))
+    _log(case, 'resident gradient and H v', begin)
+  else:
+    op = streamed
+    out['gradient_s'] = _seconds(op.gradient, args.repeats)
+    out['hv_resident_s'] = out['stream_rel_diff'] = None
+  first_batch = jax.tree.map(lambda x: x[:case.hessian_batch], resident)
+  del resident
+
+  out['slq_s'], out['slq_label'] = slq_draw_seconds(
+      op, dim, args.slq_budget_s, args.slq_segment)
+  _log(case, 'SLQ', begin)
+  out['hv_over_gradient'] = ((out['hv_resident_s'] or out['hv_streamed_s']) /
+                             out['gradient_s'])
+  out['slq_over_epochs'] = (None if out['epoch_s'] is None else
+                            out['slq_s'] / (ORDER * out['epoch_s']))
+  out['peak_bytes'] = _peak_memory()
+  out['hv_program_bytes'] = (None if args.tiny else _hvp_program_bytes(
+      loss, params, first_batch))
+  return out
+
+
+def snapshot_cost(row: dict) -> dict:
+  """One snapshot (gradient + order-ORDER draw) on the paper's Hessian set,
+  scaled linearly in examples from this run, and its memory."""
+  case = row['case']
+  scale = case.paper_examples / row['examples']
+  image_bytes = int(np.prod(case.image_shape))
+  return {
+      'examples': case.paper_examples,
+      'seconds': scale * (row['gradient_s'] + row['slq_s']),
+      'basis_gb': ORDER * row['params'] * 4 / 1e9,
+      'resident_data_gb': case.paper_examples * image_bytes * 4 / 1e9,
+      'host_uint8_gb': case.paper_examples * image_bytes / 1e9,
+  }
+
+
+def _gb(value):
+  return '-' if value is None else f'{value / 1e9:.2f}'
+
+
+def _f(value, fmt):
+  """value formatted, '-' where not measured."""
+  return '-' if value is None else format(value, fmt)
+
+
+def print_tables(rows, file=sys.stdout):
+  device = jax.local_devices()[0]
+  print(f'Device: {device.device_kind} ({jax.default_backend()}), '
+        f'{jax.local_device_count()} local, using 1; float32', file=file)
+  header = ('model', 'params', 'train steps/s (batch)', 'epoch s', 'gradient s',
+            'Hv resident s', 'Hv streamed s', 'input s/Hv', 'stream rel diff',
+            f'SLQ order {ORDER} s', 'Hv/grad', f'SLQ/({ORDER} x epoch)',
+            'peak GB', 'Hv program GB')
+  print(' | '.join(header), file=file)
+  for r in rows:
+    cells = (r['case'].title, f"{r['params']:,}",
+             f"{_f(r['train_steps_per_s'], '.2f')} ({r['train_batch']})",
+             _f(r['epoch_s'], '.2f'), f"{r['gradient_s']:.3f}",
+             _f(r['hv_resident_s'], '.3f'), f"{r['hv_streamed_s']:.3f}",
+             f"{r['input_s']:.3f}", _f(r['stream_rel_diff'], '.1e'),
+             f"{r['slq_s']:.1f} ({r['slq_label']})",
+             f"{r['hv_over_gradient']:.2f}", _f(r['slq_over_epochs'], '.2f'),
+             _gb(r['peak_bytes']), _gb(r['hv_program_bytes']))
+    print(' | '.join(cells), file=file)
+  print(f'\nOne snapshot (gradient + one order-{ORDER} draw), scaled linearly '
+        'in examples from the rows above:', file=file)
+  print('model | Hessian examples | time s | basis GB (float32) | '
+        'resident data GB (float32) | host uint8 GB (streamed)', file=file)
+  for r in rows:
+    c = snapshot_cost(r)
+    print(f"{r['case'].title} | {c['examples']:,} | {c['seconds']:.0f} | "
+          f"{c['basis_gb']:.2f} | {c['resident_data_gb']:.1f} | "
+          f"{c['host_uint8_gb']:.1f}", file=file)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--tiny', action='store_true',
+                      help='small sizes, seconds on a CPU (CI)')
+  parser.add_argument('--only', choices=('cifar', 'imagenet'), default=None)
+  parser.add_argument('--num_examples', type=int, default=None,
+                      help='override the examples of every case')
+  parser.add_argument('--train_steps', type=int, default=None)
+  parser.add_argument('--repeats', type=int, default=None)
+  parser.add_argument('--slq_budget_s', type=float, default=None,
+                      help='seconds an SLQ draw may run before extrapolation')
+  parser.add_argument('--slq_segment', type=int, default=ORDER // 30,
+                      help='Lanczos steps between two time marks')
+  parser.add_argument('--resident', choices=('auto', 'on', 'off'),
+                      default='auto', help='measure the resident operator '
+                      '(auto: not for ResNets on CPU)')
+  parser.add_argument('--skip_training', action='store_true')
+  args = parser.parse_args(argv)
+  defaults = ({'train_steps': 2, 'repeats': 1, 'slq_budget_s': 0.0}
+              if args.tiny else
+              {'train_steps': 20, 'repeats': 2, 'slq_budget_s': 60.0})
+  for key, value in defaults.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  selected = cases(args.tiny)
+  if args.only:
+    selected = [c for c in selected
+                if (c.normalization == 'cifar10') == (args.only == 'cifar')]
+  if args.num_examples:
+    selected = [dataclasses.replace(c, num_examples=args.num_examples)
+                for c in selected]
+  rows = []
+  for case in selected:
+    start = time.perf_counter()
+    rows.append(measure(case, args))
+    print(f'{case.title}: measured in {time.perf_counter() - start:.0f} s',
+          file=sys.stderr, flush=True)
+  print_tables(rows)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
