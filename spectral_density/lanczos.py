@@ -64,6 +64,8 @@ class _State(NamedTuple):
   num_steps: jax.Array    # [] int
   done: jax.Array         # [] bool
   bad_step: jax.Array     # [] int, first step with a non-finite product or -1
+  mask: jax.Array         # [dim] 0/1 projection of the draw, or [1] ones: none
+                          # (orbax saves no zero-size arrays)
 
 
 def _dtypes(precision, matvec_dtype):
@@ -85,26 +87,33 @@ def _dtypes(precision, matvec_dtype):
   return jnp.float64, matvec_dtype
 
 
-def _start_vector(key, dim, dtype, start):
+def _start_vector(key, dim, dtype, start, mask=None):
   if start == 'gaussian':
     v = jax.random.normal(key, (dim,), dtype)
   else:
     v = jax.random.rademacher(key, (dim,), dtype)
+  if mask is not None:
+    v = v * mask
   return v / jnp.linalg.norm(v)
 
 
-def _init(key, dim, order, dtype, start, reorthogonalize, num_shards=1):
+def _init(key, dim, order, dtype, start, reorthogonalize, num_shards=1,
+          mask=None):
   zero = jnp.zeros((), dtype)
-  v = _start_vector(key, dim, dtype, start)
+  v = _start_vector(key, dim, dtype, start, mask)
+  mask = jnp.ones((1,), dtype) if mask is None else mask.astype(dtype)
   if num_shards > 1:  # the same start vector as unsharded, sliced
     v = collectives.local_slice(v, num_shards)
+    if mask.shape[0] > 1:
+      mask = collectives.local_slice(mask, num_shards)
   size = v.shape[0]
   return _State(
       basis=jnp.zeros((order if reorthogonalize else 0, size), dtype),
       alphas=jnp.zeros((order,), dtype), betas=jnp.zeros((order,), dtype),
       v_prev=jnp.zeros((size,), dtype), v=v,
       beta_prev=zero, norm_est=zero, num_steps=jnp.zeros((), jnp.int32),
-      done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32))
+      done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32),
+      mask=mask)
 
 
 def _record(state, step):
@@ -125,6 +134,8 @@ def _update(state, step, w, tol, reorth_passes, sharded=False):
   total = collectives.psum if sharded else (lambda x: x)
   dtype = state.v.dtype
   w = w.astype(dtype)
+  if state.mask.shape[0] > 1:  # Lanczos on P H P: the Krylov space stays in P
+    w = w * state.mask
   finite = total(jnp.sum(~jnp.isfinite(w), dtype=jnp.int32)) == 0
   bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
                        jnp.asarray(step, jnp.int32), state.bad_step)
@@ -146,7 +157,7 @@ def _update(state, step, w, tol, reorth_passes, sharded=False):
       betas=state.betas.at[step].set(beta),
       v_prev=state.v, v=v_next.astype(dtype), beta_prev=beta,
       norm_est=norm_est, num_steps=state.num_steps + live.astype(jnp.int32),
-      done=state.done | breakdown, bad_step=bad_step)
+      done=state.done | breakdown, bad_step=bad_step, mask=state.mask)
 
 
 def _tridiag(alphas, betas):
@@ -193,11 +204,11 @@ def _programs(config):
   dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
   sharded = config.num_shards > 1
 
-  def init(reduce, keys):
+  def init(reduce, keys, masks=None):
     del reduce
-    return jax.vmap(lambda k: _init(
+    return jax.vmap(lambda k, m: _init(
         k, config.dim, config.order, dtype, config.start,
-        config.reorthogonalize, config.num_shards))(keys)
+        config.reorthogonalize, config.num_shards, m))(keys, masks)
 
   def segment(reduce, states, start, stop):
     if states.v.shape[0] == 1:
@@ -221,8 +232,8 @@ def _programs(config):
     del reduce
     return jax.vmap(_finish, in_axes=(0, None))(states, config.keep_vecs)
 
-  def full(reduce, keys):
-    states = segment(reduce, init(reduce, keys), 0, config.order)
+  def full(reduce, keys, masks=None):
+    states = segment(reduce, init(reduce, keys, masks), 0, config.order)
     return finish(reduce, states)
 
   return _Programs(full, init, segment, finish)
@@ -396,11 +407,11 @@ class _Segments:
       return np.asarray(x.addressable_shards[0].data)[0]
     return np.asarray(x)
 
-  def init(self, keys):
+  def init(self, keys, masks=None):
     if self.host_loop and not self.sharded:
-      return jax.device_put(self._jit(self.programs.init, keys),
+      return jax.device_put(self._jit(self.programs.init, keys, masks),
                             self.state_device)
-    return self.execute(self.programs.init, None, keys)
+    return self.execute(self.programs.init, None, keys, masks)
 
   def run(self, states, start, stop):
     if not self.host_loop:
@@ -427,9 +438,9 @@ class _Segments:
       return self._jit(self.programs.finish, states)
     return self.execute(self.programs.finish, states)
 
-  def full(self, keys):
+  def full(self, keys, masks=None):
     """init, every step and finish as one compiled program."""
-    return self.execute(self.programs.full, None, keys)
+    return self.execute(self.programs.full, None, keys, masks)
 
   def to_host(self, out):
     """The output of `finish` as host numpy arrays ``(tridiag [k, order,
@@ -529,7 +540,7 @@ def _report(progress, info):
 
 
 def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
-               checkpoint_every, progress):
+               checkpoint_every, progress, masks=None):
   """One batch of draws: init, segments (checkpointed), finish."""
   config = segments.config
   order = config.order
@@ -543,7 +554,7 @@ def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
         checkpoint_dir, f'draws_{draws}', config._asdict(), keys)
     step, states = manager.restore(segments)
   if states is None:
-    states = segments.init(keys)
+    states = segments.init(keys, masks)
   start_time = time.perf_counter()
   start_step = step
   while step < order:
@@ -566,7 +577,8 @@ def _run_chunk(segments, keys, first_draw, *, checkpoint_dir,
 def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
                   draws_per_pass=None, precision=None, start='gaussian',
                   basis='device', reorth_passes=2, keep_vecs=False, tol=None,
-                  checkpoint_dir=None, checkpoint_every=None, progress=False):
+                  checkpoint_dir=None, checkpoint_every=None, progress=False,
+                  projection_masks=None):
   """Independent Lanczos runs from `num_draws` random start vectors.
 
   Args:
@@ -602,6 +614,12 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     progress: True prints one updating line (step, seconds per product,
       ETA, extreme Ritz values of draw 0) and logs it; a callable receives
       the same as a dict.
+    projection_masks: optional 0/1 float array ``[num_draws, dim]``: draw
+      ``d`` runs Lanczos on ``P_d A P_d`` (its start vector masked and
+      renormalised, every product masked), so its Krylov space stays in the
+      mask's coordinates and its Ritz values are those of the diagonal block
+      ``A_bb``; the space ends by breakdown after at most ``sum(mask)`` steps.
+      Not with `checkpoint_dir`.
 
   Returns:
     `LanczosResult` (numpy arrays).
@@ -628,6 +646,17 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
                      "'host', not 'none'.")
   if checkpoint_every is not None and int(checkpoint_every) < 1:
     raise ValueError(f'checkpoint_every: must be >= 1, got {checkpoint_every}.')
+  if projection_masks is not None:
+    projection_masks = np.asarray(projection_masks)
+    if projection_masks.shape != (num_draws, dim):
+      raise ValueError(f'projection_masks: expected shape [num_draws, dim] = '
+                       f'[{num_draws}, {dim}], got {projection_masks.shape}.')
+    if not np.all((projection_masks == 0) | (projection_masks == 1)):
+      raise ValueError('projection_masks: entries must be 0 or 1.')
+    if not np.all(projection_masks.any(axis=1)):
+      raise ValueError('projection_masks: every draw needs a nonzero mask.')
+    if checkpoint_dir is not None:
+      raise ValueError('projection_masks: not supported with checkpoint_dir.')
   op_dtype = getattr(matvec, 'dtype', None) or jnp.result_type(float)
   dtype, mv_dtype = _dtypes(precision, jnp.dtype(op_dtype))
   if tol is None:
@@ -651,11 +680,14 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   outs = []
   for first in range(0, num_draws, per_pass):
     chunk = keys[first:first + per_pass]
+    masks = (None if projection_masks is None else
+             jnp.asarray(projection_masks[first:first + per_pass], dtype))
     if one_program:
-      out = segments.full(chunk)
+      out = segments.full(chunk, masks)
     else:
       out = _run_chunk(segments, chunk, first, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=checkpoint_every, progress=progress)
+                       checkpoint_every=checkpoint_every, progress=progress,
+                       masks=masks)
     outs.append(segments.to_host(out))
   tridiag = np.concatenate([o[0] for o in outs])
   vecs = np.concatenate([o[1] for o in outs]) if keep_vecs else None
