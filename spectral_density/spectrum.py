@@ -10,7 +10,9 @@ Estimators and why they are computed as they are:
   draw is a lower bound of the k-th largest eigenvalue, so the best estimate is
   the maximum over draws (the minimum for the smallest).
 * trace: ``n * E[v^T A v]`` for a unit Gaussian (or Rademacher) ``v``; ``v^T A
-  v`` is ``T[0, 0]``, the first alpha, so it comes free.
+  v`` is ``T[0, 0]``, the first alpha, so it comes free. With kept bases and
+  >= 2 draws, the other draws' Krylov spaces deflate it first
+  (`estimators.deflated_trace_samples`).
 * negative mass: the integral of the density below 0; unsmoothed it is the
   quadrature weight on negative nodes.
 """
