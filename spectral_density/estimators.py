@@ -36,6 +36,16 @@ def _usable_rows(num_steps, order):
   return [int(k) if k < order else int(k) - 1 for k in num_steps]
 
 
+def _gram(rows, chunk=1 << 16):
+  """``rows @ rows.T`` in float64, `chunk` columns at a time (a float32 basis
+  of a large model is never copied whole)."""
+  gram = np.zeros((rows.shape[0], rows.shape[0]))
+  for i in range(0, rows.shape[1], chunk):
+    part = np.asarray(rows[:, i:i + chunk], np.float64)
+    gram += part @ part.T
+  return gram
+
+
 def deflated_trace_samples(tridiag, vecs, num_steps):
   """``[num_draws]`` leave-one-out deflated trace estimates (module doc).
 
@@ -51,8 +61,7 @@ def deflated_trace_samples(tridiag, vecs, num_steps):
   if num_draws < 2:
     raise ValueError('num_draws: the deflated trace needs >= 2 draws (one '
                      'deflates, the other samples), got 1.')
-  basis = np.asarray(vecs, np.float64).reshape(num_draws * order, dim)
-  gram = basis @ basis.T                                  # [D m, D m]
+  gram = _gram(np.reshape(vecs, (num_draws * order, dim)))  # [D m, D m]
   blocks = np.zeros((num_draws * order, num_draws * order))
   for b in range(num_draws):
     k = int(num_steps[b])
