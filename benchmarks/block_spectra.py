@@ -22,7 +22,7 @@ from spectral_density import blocks as blocks_lib
 from benchmarks import fashion_mlp
 
 
-def _seconds(fn, repeats=2):
+def _seconds(fn, repeats=1):
   fn()  # compile / warm up
   times = []
   for _ in range(repeats):
