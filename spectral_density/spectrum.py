@@ -10,7 +10,9 @@ Estimators and why they are computed as they are:
   draw is a lower bound of the k-th largest eigenvalue, so the best estimate is
   the maximum over draws (the minimum for the smallest).
 * trace: ``n * E[v^T A v]`` for a unit Gaussian (or Rademacher) ``v``; ``v^T A
-  v`` is ``T[0, 0]``, the first alpha, so it comes free.
+  v`` is ``T[0, 0]``, the first alpha, so it comes free. With kept bases and
+  >= 2 draws, the other draws' Krylov spaces deflate it first
+  (`estimators.deflated_trace_samples`).
 * negative mass: the integral of the density below 0; unsmoothed it is the
   quadrature weight on negative nodes.
 """
@@ -26,6 +28,7 @@ from scipy import special
 
 from spectral_density import arguments
 from spectral_density import density as density_lib
+from spectral_density import estimators
 from spectral_density import lanczos
 from spectral_density import operators
 
@@ -120,8 +123,10 @@ class SpectrumResult:
 
   @property
   def trace(self):
-    """``n * mean over draws of v^T A v`` (Hutchinson with unit vectors)."""
-    return float(self.dim * np.mean(self.tridiag[:, 0, 0]))
+    """The trace: deflated by the other draws' Krylov spaces when the bases
+    are kept and there are >= 2 draws (`estimators.deflated_trace_samples`),
+    else ``n * mean over draws of v^T A v`` (Hutchinson with unit vectors)."""
+    return float(np.mean(self._trace_samples()))
 
   def negative_mass(self, sigma=None):
     """Integral of the density below 0, averaged over draws.
@@ -176,6 +181,58 @@ class SpectrumResult:
     q, _ = np.linalg.qr(self.ritz_vectors(k).T)
     proj = q.T @ g
     return float(proj @ proj / (g @ g))
+
+  # Estimators of issue 13 (see `estimators`): no further products.
+
+  def _trace_samples(self):
+    """``[num_draws]`` unbiased trace estimates."""
+    if self.vecs is not None and self.num_draws >= 2:
+      return estimators.deflated_trace_samples(self.tridiag, self.vecs,
+                                               self.num_steps)
+    return self.dim * np.asarray(self.tridiag[:, 0, 0], np.float64)
+
+  @property
+  def trace_stderr(self):
+    """Standard error of `trace`: the spread of its per-draw estimates over
+    the square root of the number of draws (needs >= 2 draws)."""
+    if self.num_draws < 2:
+      raise ValueError('trace_stderr: needs num_draws >= 2, got 1.')
+    samples = self._trace_samples()
+    return float(np.std(samples, ddof=1) / np.sqrt(self.num_draws))
+
+  def spectral_sum(self, fn):
+    """``tr f(A) = sum_j f(lambda_j)`` by quadrature, averaged over draws.
+
+    Args:
+      fn: vectorised ``f`` on eigenvalues, e.g. ``lambda x: np.log(x + d)``
+        (a log-determinant) or ``np.square`` (the squared Frobenius norm).
+    """
+    return float(np.mean(estimators.spectral_sum_samples(
+        self.nodes, self.weights, self.dim, fn)))
+
+  def spectral_sum_stderr(self, fn):
+    """Standard error of `spectral_sum` from the spread over draws."""
+    if self.num_draws < 2:
+      raise ValueError('spectral_sum_stderr: needs num_draws >= 2, got 1.')
+    samples = estimators.spectral_sum_samples(self.nodes, self.weights,
+                                              self.dim, fn)
+    return float(np.std(samples, ddof=1) / np.sqrt(self.num_draws))
+
+  def effective_rank(self, z):
+    """``sum_j lambda_j / (lambda_j + z)`` over the positive eigenvalues: the
+    number of directions with curvature above `z` (the effective
+    dimensionality of MacKay 1992 and Maddox, Benton & Wilson 2020)."""
+    if not z > 0:
+      raise ValueError(f'z: must be > 0, got {z}.')
+    positive = lambda x: np.maximum(x, 0.0)
+    return self.spectral_sum(lambda x: positive(x) / (positive(x) + z))
+
+  def density_band(self, sigma, level=0.9, grid=None):
+    """``(lower, upper, grid)``: a pointwise `level` confidence band of the
+    smoothed density (not renormalised) from the spread over draws; see
+    `estimators.density_band`."""
+    return estimators.density_band(self.nodes, self.weights, sigma, level,
+                                   grid)
 
   def summary(self, k=10):
     """A dict of the scalar estimators (JSON-ready)."""

@@ -1,0 +1,80 @@
+"""Cost of per-layer block spectra against one full-spectrum run; prints a table.
+
+  python -m benchmarks.block_spectra [--num_examples=10000] [--num_draws=10]
+
+The paper's 784-20-10 tanh MLP on the first Fashion-MNIST training images,
+batch 1,000, float32, one device, order 90. Rows: one full-spectrum SLQ run,
+the two layers' block spectra (one batch of 2 x num_draws vectors), and the
+same with the full spectrum's draws in the batch (3 x num_draws), which also
+gives the Wasserstein-1 distance of the block-diagonal approximation.
+Target (issue 13): block spectra of all layers <= 1.5 x the full run.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+import spectral_density as sd
+from spectral_density import blocks as blocks_lib
+from benchmarks import fashion_mlp
+
+
+def _seconds(fn, repeats=1):
+  fn()  # compile / warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--num_examples', type=int, default=10000)
+  parser.add_argument('--num_draws', type=int, default=10)
+  parser.add_argument('--order', type=int, default=90)
+  args = parser.parse_args()
+  data = fashion_mlp.load_images(args.num_examples)
+  loss, params = fashion_mlp.trained_problem(data)
+  hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=1000)
+  key = jax.random.key(0)
+  draws, order = args.num_draws, args.order
+  full = _seconds(lambda: sd.slq(hvp_fn, n, order=order, num_draws=draws,
+                                 rng_key=key))
+  blocks_only = _seconds(lambda: blocks_lib.block_spectra_of(
+      hvp_fn, params, order=order, num_draws=draws, rng_key=key,
+      include_full=False))
+  result = {}
+  def with_full():
+    result['out'] = blocks_lib.block_spectra_of(
+        hvp_fn, params, order=order, num_draws=draws, rng_key=key)
+  both = _seconds(with_full)
+  res = result['out']
+  print(f'MLP 784-20-10, {args.num_examples} images, {n} parameters, '
+        f'order {order}, {draws} draws per spectrum, float32, 1 device')
+  print('| run | vectors per pass | seconds | / full run | target | met |')
+  print('|---|---|---|---|---|---|')
+  print(f'| full spectrum (slq) | {draws} | {full:.2f} | 1.00 | | |')
+  ratio = blocks_only / full
+  print(f'| block spectra, {len(res)} layers | {len(res) * draws} | '
+        f'{blocks_only:.2f} | {ratio:.2f} | <= 1.5 | '
+        f"{'yes' if ratio <= 1.5 else '**no**'} |")
+  print(f'| block spectra + full, one batch | {(len(res) + 1) * draws} | '
+        f'{both:.2f} | {both / full:.2f} | | |')
+  print()
+  print('| block | parameters | lambda_max | lambda_min | trace |')
+  print('|---|---|---|---|---|')
+  for name, r in [('full', res.full)] + list(res.items()):
+    print(f'| {name} | {r.dim} | {r.lambda_max:.4g} | {r.lambda_min:.3g} | '
+          f'{r.trace:.4g} |')
+  width = res.full.lambda_max - res.full.lambda_min
+  print(f'\nW1(full, union of blocks) = {res.distance:.4g} '
+        f'({res.distance / width:.2e} of the spectrum width {width:.4g})')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,273 @@
+"""Estimators from Lanczos runs: deflated traces, spectral sums, density bands,
+subspace overlaps, and a dedicated trace estimator (Hutch++, Krylov-aware).
+
+Deflated trace of a run (`deflated_trace`). With full reorthogonalisation,
+``A V_b^T = V_b^T T_b`` holds column by column for the first ``m - 1`` Lanczos
+vectors of draw ``b`` (the last one needs the next, unstored vector). So for
+any subspace ``S`` spanned by such vectors of the other draws, ``Q^T A Q`` is
+known exactly from the Gram matrix of the bases and the tridiagonals, with no
+further product, and
+
+    tr(A) = tr(Q^T A Q) + tr((I - P) A (I - P)),     P = Q Q^T.
+
+The first term carries the outliers (which hold most of a Hessian's trace)
+exactly; the second is a Hutchinson sample ``n u^T (I - P) A (I - P) u`` from
+the start vector ``u`` of the left-out draw, which is independent of ``S``:
+``A u = alpha_0 u + beta_0 v_1`` is in the draw's own tridiagonal. Leaving
+each draw out in turn gives ``num_draws`` unbiased estimates; their mean is the
+trace and their spread its standard error (as Hutch++ and the Krylov-aware
+estimators of Chen & Hallman 2023 split the products between a deflation space
+and Hutchinson samples, here the same products serve both).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from spectral_density import density as density_lib
+from spectral_density import lanczos
+
+_GRAM_RTOL = 1e-10  # basis directions kept: Gram eigenvalue > this x largest
+
+
+def _usable_rows(num_steps, order):
+  """Rows j of each basis with ``A v_j`` inside the stored basis."""
+  return [int(k) if k < order else int(k) - 1 for k in num_steps]
+
+
+def _gram(rows, chunk=1 << 16):
+  """``rows @ rows.T`` in float64, `chunk` columns at a time (a float32 basis
+  of a large model is never copied whole)."""
+  gram = np.zeros((rows.shape[0], rows.shape[0]))
+  for i in range(0, rows.shape[1], chunk):
+    part = np.asarray(rows[:, i:i + chunk], np.float64)
+    gram += part @ part.T
+  return gram
+
+
+def deflated_trace_samples(tridiag, vecs, num_steps):
+  """``[num_draws]`` leave-one-out deflated trace estimates (module doc).
+
+  Args:
+    tridiag: ``[num_draws, order, order]``.
+    vecs: ``[num_draws, order, dim]`` Lanczos bases (rows).
+    num_steps: ``[num_draws]`` valid steps.
+
+  Returns:
+    ``[num_draws]`` float64, each an unbiased estimate of the trace.
+  """
+  num_draws, order, dim = vecs.shape
+  if num_draws < 2:
+    raise ValueError('num_draws: the deflated trace needs >= 2 draws (one '
+                     'deflates, the other samples), got 1.')
+  gram = _gram(np.reshape(vecs, (num_draws * order, dim)))  # [D m, D m]
+  blocks = np.zeros((num_draws * order, num_draws * order))
+  for b in range(num_draws):
+    k = int(num_steps[b])
+    blocks[b * order:b * order + k, b * order:b * order + k] = (
+        tridiag[b, :k, :k])
+  # A x_i for every row x_i: columns of basis^T @ blocks (exact for usable i).
+  gram_a = gram @ blocks                                  # rows . A rows
+  usable = _usable_rows(num_steps, order)
+  samples = np.zeros(num_draws)
+  for d in range(num_draws):
+    rows = np.concatenate([b * order + np.arange(usable[b])
+                           for b in range(num_draws) if b != d])
+    evals, evecs = np.linalg.eigh(gram[np.ix_(rows, rows)])
+    keep = evals > _GRAM_RTOL * evals.max()
+    coef = evecs[:, keep] / np.sqrt(evals[keep])          # Q = X^T coef
+    proj = coef.T @ gram_a[np.ix_(rows, rows)] @ coef     # Q^T A Q
+    proj = 0.5 * (proj + proj.T)
+    u = d * order                                         # start vector row
+    c = coef.T @ gram[rows, u]                            # Q^T u
+    qau = coef.T @ gram_a[rows, u]                        # Q^T A u
+    rest = tridiag[d, 0, 0] - 2 * c @ qau + c @ proj @ c
+    samples[d] = np.trace(proj) + dim * rest
+  return samples
+
+
+def spectral_sum_samples(nodes, weights, dim, fn):
+  """``[num_draws]`` estimates ``n sum_i w_i f(theta_i)`` of ``tr f(A)``."""
+  values = np.where(weights > 0, fn(np.where(weights > 0, nodes, 0.0)), 0.0)
+  return dim * np.sum(weights * values, axis=1)
+
+
+def density_band(nodes, weights, sigma, level=0.9, grid=None):
+  """Pointwise confidence band of the smoothed density from the draws.
+
+  Each draw's smoothed quadrature ``rho_d(t)`` is an unbiased estimate of the
+  smoothed density (up to the quadrature error of the order); the band is the
+  Student-t interval of their mean at `level`, clipped below at 0.
+
+  Args:
+    nodes, weights: ``[num_draws, order]`` (>= 2 draws).
+    sigma: kernel standard deviation.
+    level: two-sided coverage of each point, in (0, 1).
+    grid: ``[grid_len]``; default `density.default_grid`.
+
+  Returns:
+    ``(lower [grid_len], upper [grid_len], grid [grid_len])``, not
+    renormalised (the mean is `eigv_to_density(..., normalize=False)`).
+  """
+  nodes, weights = np.atleast_2d(nodes), np.atleast_2d(weights)
+  num_draws = nodes.shape[0]
+  if num_draws < 2:
+    raise ValueError('num_draws: a band from the spread over draws needs >= 2 '
+                     'draws, got 1.')
+  if not 0 < level < 1:
+    raise ValueError(f'level: must be in (0, 1), got {level}.')
+  if not sigma > 0:
+    raise ValueError(f'sigma: must be > 0, got {sigma}.')
+  if grid is None:
+    grid = density_lib.default_grid(nodes, weights)
+  grid = np.asarray(grid, np.float64)
+  per_draw = np.stack([
+      density_lib.gaussian_kernel(grid, nodes[d], sigma) @ weights[d]
+      for d in range(num_draws)])                         # [D, grid_len]
+  mean = per_draw.mean(axis=0)
+  half = (stats.t.ppf(0.5 + level / 2, num_draws - 1) *
+          per_draw.std(axis=0, ddof=1) / np.sqrt(num_draws))
+  return np.maximum(mean - half, 0.0), mean + half, grid
+
+
+def principal_angles(a, b):
+  """Principal angles ``[k]`` (radians, ascending) between the row spaces of
+  ``a [k, n]`` and ``b [k, n]``."""
+  qa, _ = np.linalg.qr(np.asarray(a, np.float64).T)
+  qb, _ = np.linalg.qr(np.asarray(b, np.float64).T)
+  cosines = np.linalg.svd(qa.T @ qb, compute_uv=False)
+  return np.arccos(np.clip(cosines, 0.0, 1.0))
+
+
+def subspace_overlap(a, b, k):
+  """Principal angles between the top-k Ritz subspaces of two spectra.
+
+  Args:
+    a, b: `SpectrumResult`s run with ``keep_vecs=True`` on operators of the
+      same size (e.g. two training snapshots).
+    k: subspace dimension.
+
+  Returns:
+    ``[k]`` angles in radians, ascending; ``mean(cos(angles)**2)`` is the
+    overlap (1: the same space, ~k/n: unrelated).
+  """
+  if a.dim != b.dim:
+    raise ValueError(f'a, b: operator sizes differ ({a.dim} vs {b.dim}).')
+  return principal_angles(a.ritz_vectors(k), b.ritz_vectors(k))
+
+
+def subspace_tracking(previous, current, gradient, k):
+  """The snapshot metrics of the top eigenspace over training.
+
+  Args:
+    previous: the previous snapshot's `SpectrumResult` (kept basis) or None.
+    current: this snapshot's `SpectrumResult` (kept basis).
+    gradient: this snapshot's full-batch gradient ``[dim]``.
+    k: subspace dimension (the paper: the number of classes).
+
+  Returns:
+    dict (JSON-ready): ``overlap`` (mean squared cosine of the principal
+    angles with the previous top-k space), ``min_cosine``,
+    ``gradient_fraction_previous`` (``||P_prev g||^2 / ||g||^2``) and
+    ``gradient_fraction_current``; the first three are None without a
+    previous snapshot.
+  """
+  out = {'gradient_fraction_current': current.subspace_fraction(gradient, k),
+         'overlap': None, 'min_cosine': None,
+         'gradient_fraction_previous': None}
+  if previous is not None:
+    angles = subspace_overlap(previous, current, k)
+    out.update(overlap=float(np.mean(np.cos(angles) ** 2)),
+               min_cosine=float(np.cos(angles.max())),
+               gradient_fraction_previous=previous.subspace_fraction(
+                   gradient, k))
+  return out
+
+
+def _batched_products(matvec, vectors, chunk):
+  """``A x`` for the rows of ``vectors [k, n]``, `chunk` rows per call."""
+  if getattr(matvec, 'accepts_batches', False):
+    apply = matvec
+  else:
+    apply = jax.jit(jax.vmap(matvec))
+  out = [np.asarray(apply(jnp.asarray(vectors[i:i + chunk])), np.float64)
+         for i in range(0, vectors.shape[0], chunk)]
+  return np.concatenate(out)
+
+
+def _hutchpp(matvec, dim, num_products, rng, dtype, chunk):
+  """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): a third of the products
+  find a range ``Q`` of ``A S``, a third give ``tr(Q^T A Q)``, a third are
+  Hutchinson samples of the deflated rest."""
+  s = num_products // 3
+  r = num_products - 2 * s
+  sketch = rng.standard_normal((s, dim))
+  q, _ = np.linalg.qr(_batched_products(matvec, sketch.astype(dtype),
+                                        chunk).T)
+  top = np.trace(q.T @ _batched_products(matvec, q.T.astype(dtype), chunk).T)
+  g = rng.standard_normal((r, dim))
+  g = g - (g @ q) @ q.T
+  rest = np.sum(g * _batched_products(matvec, g.astype(dtype), chunk), axis=1)
+  return top + rest.mean(), rest.std(ddof=1) / np.sqrt(r)
+
+
+def _krylov_aware(matvec, dim, num_products, rng, dtype, chunk,
+                  lanczos_kwargs):
+  """One Lanczos run of ``num_products - r`` steps gives ``Q = V^T`` with
+  ``tr(V A V^T) = tr(T)`` exactly (the top of the spectrum converges first);
+  ``r = num_products // 5`` Hutchinson samples of the deflated rest, one
+  product each."""
+  r = max(2, num_products // 5)
+  order = num_products - r
+  run = lanczos.lanczos_draws(matvec, dim, order,
+                              jax.random.key(int(rng.integers(2 ** 31))),
+                              keep_vecs=True, **lanczos_kwargs)
+  k = int(run.num_steps[0])
+  usable = k if k < order else k - 1
+  v = np.asarray(run.vecs[0, :usable], np.float64)        # A v_j known: j < k-1
+  q, _ = np.linalg.qr(v.T)
+  top = np.trace(run.tridiag[0, :usable, :usable])
+  g = rng.standard_normal((r, dim))
+  g = g - (g @ q) @ q.T
+  rest = np.sum(g * _batched_products(matvec, g.astype(dtype), chunk), axis=1)
+  return top + rest.mean(), rest.std(ddof=1) / np.sqrt(r)
+
+
+def trace_estimate(matvec, dim, num_products, *, method='hutch++', seed=0,
+                   chunk=50, **lanczos_kwargs):
+  """The trace of a symmetric operator from `num_products` products.
+
+  Args:
+    matvec: ``[dim] -> [dim]`` (function or `get_hvp_fn` operator).
+    dim: operator size.
+    num_products: products to spend (>= 6 for 'hutch++', >= 4 for 'krylov').
+    method: ``'hutch++'`` or ``'krylov'`` (one long Lanczos run deflates
+      exactly, the rest are Hutchinson samples; best when a few outliers
+      carry the trace, as for Hessians).
+    seed: numpy seed of the random vectors.
+    chunk: vectors per product call (bounds memory).
+    **lanczos_kwargs: for 'krylov', passed to `lanczos_draws` (`precision`).
+
+  Returns:
+    ``(trace, stderr)``: the estimate and the standard error of its random
+    part.
+  """
+  num_products, dim = int(num_products), int(dim)
+  if method not in ('hutch++', 'krylov'):
+    raise ValueError(f"method: must be 'hutch++' or 'krylov', got {method!r}.")
+  least = 6 if method == 'hutch++' else 4
+  if num_products < least:
+    raise ValueError(f'num_products: must be >= {least} for {method!r}, got '
+                     f'{num_products}.')
+  rng = np.random.default_rng(seed)
+  dtype = np.dtype(getattr(matvec, 'dtype', None) or jnp.result_type(float))
+  if method == 'hutch++':
+    trace, stderr = _hutchpp(matvec, dim, num_products, rng, dtype, chunk)
+  else:
+    if num_products - max(2, num_products // 5) > dim:
+      raise ValueError(f'num_products: at most {dim + num_products // 5} for '
+                       f"'krylov' on a {dim}-dimensional operator.")
+    trace, stderr = _krylov_aware(matvec, dim, num_products, rng, dtype,
+                                  chunk, lanczos_kwargs)
+  return float(trace), float(stderr)
