@@ -32,6 +32,7 @@ setuptools.setup(
             'pytest>=8', 'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
             'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
             'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29',
+            'jupytext>=1.16',
         ],
         'notebook': ['flax>=0.10', 'optax>=0.2', 'ml_collections>=1.0',
                      'absl-py>=2.0', 'tqdm>=4.66', 'ipykernel>=6.29'],
