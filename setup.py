@@ -2,6 +2,16 @@
 
 import setuptools
 
+# The experiments' stack: models and optimiser (flax, optax), checkpoints
+# (orbax), configs and the entry point (ml_collections, absl), progress bars
+# (tqdm), and the input pipeline (grain: worker processes, index shuffle;
+# Pillow: JPEG decoding of image records).
+EXPERIMENTS = [
+    'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
+    'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
+    'grain>=0.2.18', 'Pillow>=10',
+]
+
 setuptools.setup(
     name='spectral_density',
     version='0.1.0',
@@ -23,20 +33,12 @@ setuptools.setup(
         'matplotlib>=3.8',
     ],
     extras_require={
-        'experiments': [
-            'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
-            'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
-            # The input pipeline: worker processes, index shuffle.
-            'grain>=0.2.18', 'Pillow>=10',
-        ],
+        'experiments': EXPERIMENTS,
         'tfds': ['tensorflow-datasets>=4.9'],
-        'test': [
-            'pytest>=8', 'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
-            'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
-            'grain>=0.2.18', 'Pillow>=10', 'nbclient>=0.10', 'nbformat>=5.10',
-            'ipykernel>=6.29',
+        'test': EXPERIMENTS + [
+            'pytest>=8', 'hypothesis>=6.100', 'nbclient>=0.10',
+            'nbformat>=5.10', 'ipykernel>=6.29', 'jupytext>=1.16',
         ],
-        'notebook': ['flax>=0.10', 'optax>=0.2', 'ml_collections>=1.0',
-                     'absl-py>=2.0', 'tqdm>=4.66', 'ipykernel>=6.29'],
+        'notebook': EXPERIMENTS + ['ipykernel>=6.29', 'jupytext>=1.16'],
     },
 )
