@@ -60,10 +60,10 @@ class MLP(nn.Module):
 
 # The ResNets live in `experiments.resnets`; named here too, for the callers.
 PreActResNet, ResNet = resnets.PreActResNet, resnets.ResNet
-ResNet32, ResNet32He, ResNet18 = (resnets.ResNet32, resnets.ResNet32He,
-                                  resnets.ResNet18)
+ResNet32, ResNet32He, ResNet18, ResNet8 = (
+    resnets.ResNet32, resnets.ResNet32He, resnets.ResNet18, resnets.ResNet8)
 MODELS = {'mlp': MLP, 'resnet32': ResNet32, 'resnet32_he': ResNet32He,
-          'resnet18': ResNet18}
+          'resnet18': ResNet18, 'resnet8': ResNet8}
 
 
 def create_model(name: str, num_classes: int, norm: str,

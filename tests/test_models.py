@@ -49,6 +49,7 @@ def test_mlp_has_the_papers_15910_parameters():
 @pytest.mark.parametrize('name, norm, expected', [
     ('resnet32', 'batch', 464_154), ('resnet32', 'population', 464_154),
     ('resnet32', 'none', 461_882), ('resnet32', 'skipinit', 461_897),
+    ('resnet8', 'batch', 75_290), ('resnet8', 'none', 74_810),
     ('resnet32_he', 'batch', 466_906), ('resnet32_he', 'population', 466_906),
     ('resnet32_he', 'none', 464_442), ('resnet32_he', 'skipinit', 464_457),
 ])
