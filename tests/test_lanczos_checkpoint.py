@@ -231,8 +231,8 @@ def test_checkpoint_of_another_computation_is_refused(tmp_path, other):
   with pytest.raises(Killed):
     sd.lanczos_draws(first, n, 12, jax.random.key(0), progress=kill,
                      checkpoint_dir=tmp_path / 'a', **kwargs)
-  why = {'matrix': 'another product of the probe vector',
-         'with_params': 'another product of the probe vector',
+  why = {'matrix': 'its operator gives another product of the probe vector',
+         'with_params': 'its operator gives another product of the probe',
          'curvature': "its curvature is 'hessian', this run's 'fisher'"}[other]
   with pytest.raises(ValueError, match=(
       f'checkpoint_dir: .* holds a run of another computation: {why}.*'
