@@ -126,7 +126,7 @@ def _mark_drops(axes, drops):
 def plot_curvature_over_training(records, path, lr_drops=()):
   """lambda_max and the gradient concentration against the training step."""
   steps = [r['step'] for r in records]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
   axes[0].plot(steps, [r['lambda_max'] for r in records], 'o-')
   lambda_max = [r['lambda_max'] for r in records]
   if min(lambda_max) > 0 and max(lambda_max) > 10 * min(lambda_max):
@@ -139,6 +139,18 @@ def plot_curvature_over_training(records, path, lr_drops=()):
   k = records[0].get('k', 'k')
   axes[1].set_ylabel(rf'$\|P_{{{k}}} g\|^2 / \|g\|^2$')
   axes[1].set_title(f'gradient in the top-{k} eigenspace')
+  # How the top eigenspace moves: overlap with the previous snapshot's top-k
+  # space, and the share of the gradient in that previous space.
+  tracked = [r for r in records if r.get('subspace_overlap') is not None]
+  axes[2].plot([r['step'] for r in tracked],
+               [r['subspace_overlap'] for r in tracked], 'o-',
+               label='overlap with previous top-k space')
+  axes[2].plot([r['step'] for r in tracked],
+               [r['gradient_fraction_previous'] for r in tracked], 's--',
+               label='gradient in previous top-k space')
+  axes[2].set_ylim(-0.02, 1.02)
+  axes[2].set_title(f'top-{k} eigenspace over training')
+  axes[2].legend(fontsize=8)
   _mark_drops(axes, lr_drops)
   for ax in axes:
     ax.set_xlabel('training step')

@@ -80,6 +80,10 @@ class SpectrumProbe:
                              (norm == 'batch' and hessian_config.bn_mode ==
                               'eval'))
     self._float64 = hessian_config.precision == 'float64'
+    # The previous snapshot's spectrum (kept basis): the top eigenspace is
+    # tracked from one snapshot to the next (None after a restart).
+    self._previous = None
+    self._operator_report = None
     self._x64 = hessian_config.precision in ('float64', 'mixed')
 
   def _dataset(self):
@@ -160,6 +164,19 @@ class SpectrumProbe:
                'hessian_weight_decay': self.weight_decay,
                'num_examples': int(op.num_examples or 0),
                **snapshot_metrics(result, gradient, self.num_classes)}
+    k = metrics['k']
+    tracking = sd.subspace_tracking(self._previous, result, gradient, k)
+    metrics.update({'subspace_overlap': tracking['overlap'],
+                    'subspace_min_cosine': tracking['min_cosine'],
+                    'gradient_fraction_previous':
+                        tracking['gradient_fraction_previous']})
+    self._previous = result
+    if self._operator_report is None:
+      # Once per run: an operator that is not symmetric or not repeatable
+      # (dropout, augmentation inside the loss) breaks SLQ silently.
+      with context:
+        self._operator_report = sd.check_operator(op, num_probes=1).as_dict()
+      metrics['operator_check'] = self._operator_report
     if eigenvalues is not None:
       metrics.update(exact_metrics(eigenvalues, self.num_classes))
     metrics.update(timings)
