@@ -50,6 +50,7 @@ def snapshot_metrics(result, gradient, num_classes):
       'negative_mass': result.negative_mass(),
       'negative_mass_tol': float(np.mean(np.sum(result.weights * below, 1))),
       'trace': result.trace,
+      'trace_stderr': result.trace_stderr if result.num_draws > 1 else None,
       'gradient_concentration': result.subspace_fraction(gradient, k),
       'gradient_norm': float(np.linalg.norm(np.asarray(gradient, np.float64))),
   }
