@@ -171,5 +171,10 @@ def check_loss_form(curvature, loss):
 
 def check_batch_size(batch_size):
   """None (streamed datasets), or a positive int."""
-  if batch_size is not None:
-    positive_int('batch_size', batch_size)
+  if batch_size is None:
+    return
+  if (isinstance(batch_size, (bool, np.bool_)) or
+      not isinstance(batch_size, (numbers.Integral, np.integer))):
+    raise TypeError(f'batch_size: must be a positive int, got {batch_size!r}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size: must be a positive int, got {batch_size}.')
