@@ -33,10 +33,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import spectral_density as sd
 from benchmarks import benchmark
+from benchmarks import fashion_mlp
 from experiments import datasets
 from experiments import input_pipeline
 from experiments import models
@@ -90,13 +90,7 @@ def _peak_memory():
 
 def train_steps_per_second(loss, params, images, labels, steps):
   """Steps/s of a jitted SGD-momentum step on batches already on the device."""
-  tx = optax.sgd(0.1, momentum=0.9)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    grads = jax.grad(loss)(params, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+  tx, step = fashion_mlp.sgd_momentum_step(loss)
 
   size = min(TRAIN_BATCH, len(labels))
   batches = [{'image': images[i * size:(i + 1) * size],

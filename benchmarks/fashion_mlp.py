@@ -19,6 +19,20 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO.parent / 'shared' / 'data' / 'fashion-mnist'
 
 
+def sgd_momentum_step(loss, learning_rate=0.1):
+  """``(tx, step)``: SGD with momentum 0.9 and its jitted step
+  ``step(params, opt_state, batch) -> (params, opt_state)``."""
+  tx = optax.sgd(learning_rate, momentum=0.9)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    grads = jax.grad(loss)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return tx, step
+
+
 def data_dir():
   return pathlib.Path(os.environ.get('FASHION_MNIST_DIR', DEFAULT_DATA_DIR))
 
@@ -54,14 +68,7 @@ def trained_problem(data, *, train_steps=300, batch_size=100, seed=0,
                                     (1,) + data['image'].shape[1:])
   params, state = models.split_variables(variables)
   loss = models.make_loss_fn(model, state, 'eval')
-  opt = optax.sgd(0.1, momentum=0.9)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    grads = jax.grad(loss)(params, batch)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
+  opt, step = sgd_momentum_step(loss)
   opt_state = opt.init(params)
   n = len(data['label'])
   order = np.random.default_rng(seed).permutation(n)

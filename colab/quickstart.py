@@ -47,28 +47,13 @@
 # for the full-size picture.
 
 # %%
-# Colab: install spectral_density from GitHub. Where it already imports (a
-# checkout installed with `pip install -e .`, CI) nothing is installed.
-# A placeholder: the repository's URL.
-REPO_URL = 'https://github.com/OWNER/spectral_density'
-
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-
+# Colab: install the package from GitHub (OWNER: the repository's owner).
+# Colab's own JAX already runs on the runtime's GPU or TPU, and where the
+# package already imports (a checkout, CI) nothing is installed.
+import importlib.util, os, subprocess, sys  # pylint: disable=multiple-imports
 if importlib.util.find_spec('spectral_density') is None:
-  # pip's plain `jax` runs on the CPU only: ask for the runtime's chip.
-  if shutil.which('nvidia-smi'):
-    JAX_PACKAGE = 'jax[cuda12]'
-  elif os.path.exists('/dev/accel0') or 'COLAB_TPU_ADDR' in os.environ:
-    JAX_PACKAGE = 'jax[tpu]'
-  else:
-    JAX_PACKAGE = 'jax'
   subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q',
-                         '--upgrade', JAX_PACKAGE,
-                         f'spectral_density[notebook] @ git+{REPO_URL}'])
+      'spectral_density[notebook] @ git+https://github.com/OWNER/spectral_density'])
 
 # %%
 # CI runs the same cells at small sizes.

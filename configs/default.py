@@ -143,13 +143,18 @@ def get_config():
   return config
 
 
-def smoke(config):
+def smoke(config, image_size=None, channels=None):
   """Shrinks an experiment to a CPU run of seconds, in place; returns it.
 
   The model stays the experiment's; data becomes the embedded Fashion-MNIST
-  subset (zero-padded and repeated to the model's input shape by the caller's
-  `dataset` fields), steps, snapshots and the Lanczos order become tiny.
+  subset (zero-padded and repeated to the model's input shape,
+  `image_size` x `image_size` x `channels` where given), steps, snapshots and
+  the Lanczos order become tiny.
   """
+  if image_size is not None:
+    config.dataset.image_size = image_size
+  if channels is not None:
+    config.dataset.channels = channels
   config.dataset.name = 'embedded_fashion_mnist'
   config.dataset.data_dir = None
   config.dataset.num_classes = None

@@ -54,18 +54,14 @@ def base_config(norm):
                                    first_drop + 100, NUM_STEPS)
   config.hessian.num_examples = 390 * 128
   config.hessian.batch_size = 128
-  config.hessian.include_weight_decay = True
-  config.hessian.bn_mode = 'train'
-  config.hessian.order = 90
-  config.hessian.num_draws = 1
+  # Weight decay in the Hessian, batch statistics, order 90, one draw per
+  # job: default.py's values, the authors'.
   return config
 
 
 def smoke(config):
   """Fashion-MNIST from the repository, padded to 32x32x3; a few steps."""
-  default.smoke(config)
-  config.dataset.image_size = 32
-  config.dataset.channels = 3
+  default.smoke(config, image_size=32, channels=3)
   config.dataset.augmentation = 'cifar'
   config.hessian.order = 12
   # On CPU a convolution inside a compiled loop runs tens of times slower

@@ -24,9 +24,9 @@ import numpy as np
 
 from experiments import workdir as wd
 import spectral_density as sd
+from spectral_density import density as density_lib
 from spectral_density import plotting
 
-SIGMA_SQUARED = 1e-5
 GRID_LEN = 4000
 
 
@@ -55,14 +55,14 @@ def load_run(workdir):
           'spectra': spectra, 'exact': exact}
 
 
-def kernel_sigma(low, high):
-  """Kernel standard deviation for eigenvalues spread over [low, high]."""
-  return float(np.sqrt(SIGMA_SQUARED * max(1.0, high - low)))
+# The kernel width rule is the library's (the original's convention).
+kernel_sigma = density_lib.kernel_sigma
 
 
 def _support(result):
-  valid = result.weights > 0
-  nodes = result.nodes[valid] if valid.any() else result.nodes.ravel()
+  nodes, _ = density_lib.weighted_nodes(result.nodes, result.weights)
+  if not nodes.size:
+    nodes = result.nodes.ravel()
   return float(nodes.min()), float(nodes.max())
 
 

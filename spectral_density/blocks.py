@@ -19,6 +19,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from scipy import stats
 
+from spectral_density import density
 from spectral_density import lanczos
 from spectral_density import operators
 from spectral_density import spectrum
@@ -92,15 +93,13 @@ def _prefix_predicate(prefix):
 def wasserstein1(a, b_list, b_sizes):
   """W1 between the quadrature measure of `a` and the mixture of those of
   `b_list` weighted by `b_sizes` (all `SpectrumResult`s)."""
-  b_nodes = np.concatenate([r.nodes.ravel() for r in b_list])
-  b_weights = np.concatenate([
-      r.weights.ravel() * size / r.num_draws
-      for r, size in zip(b_list, b_sizes)])
-  keep = b_weights > 0
-  a_keep = a.weights.ravel() > 0
-  return float(stats.wasserstein_distance(
-      a.nodes.ravel()[a_keep], b_nodes[keep], a.weights.ravel()[a_keep],
-      b_weights[keep]))
+  b_nodes, b_weights = density.weighted_nodes(
+      np.concatenate([r.nodes.ravel() for r in b_list]),
+      np.concatenate([r.weights.ravel() * size / r.num_draws
+                      for r, size in zip(b_list, b_sizes)]))
+  a_nodes, a_weights = density.weighted_nodes(a.nodes, a.weights)
+  return float(stats.wasserstein_distance(a_nodes, b_nodes, a_weights,
+                                          b_weights))
 
 
 class BlockSpectra(dict):

@@ -147,6 +147,24 @@ def _gaussian_kernel(x, centers, sigma):
   return np.exp(-0.5 * z ** 2) / (sigma * np.sqrt(2 * np.pi))
 
 
+def weighted_nodes(nodes, weights):
+  """The nodes that carry quadrature weight, and their weights, flat.
+
+  A node of weight 0 stands for no eigenvalue (the trailing block after a
+  breakdown, or a Ritz vector orthogonal to the start): every rule that looks
+  at the nodes (ranges, smoothing, distances) uses only these.
+  """
+  nodes, weights = np.ravel(nodes), np.ravel(weights)
+  keep = weights > 0
+  return nodes[keep], weights[keep]
+
+
+def kernel_sigma(low, high, sigma_squared=DEFAULT_SIGMA_SQUARED):
+  """The original's kernel width for nodes over ``[low, high]``:
+  ``sqrt(sigma_squared * max(1, high - low))``."""
+  return float(np.sqrt(sigma_squared * max(1.0, high - low)))
+
+
 def _node_range(nodes, weights, per_draw_mean):
   """``(low, high)`` of the weighted nodes: over all draws, or (the original's
   convention) the mean over draws of each draw's extremes."""
@@ -234,15 +252,12 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
     sigma_squared = arguments.positive_float(
         'sigma_squared',
         DEFAULT_SIGMA_SQUARED if sigma_squared is None else sigma_squared)
-    sigma = np.sqrt(sigma_squared * max(1.0, high - low))
+    sigma = kernel_sigma(low, high, sigma_squared)
   if grids is None:
     margin = 0.0 if grid_expand is not None else KERNEL_MARGIN * sigma
     grids = np.linspace(low - margin, high + margin, grid_len)
   grids = _check_grids(grids, normalize)
-  flat_nodes = nodes.ravel()
-  flat_weights = weights.ravel() / nodes.shape[0]
-  keep = flat_weights > 0
-  flat_nodes, flat_weights = flat_nodes[keep], flat_weights[keep]
+  flat_nodes, flat_weights = weighted_nodes(nodes, weights / nodes.shape[0])
   density = np.concatenate([
       _gaussian_kernel(grids[i:i + chunk], flat_nodes, sigma) @ flat_weights
       for i in range(0, grids.size, chunk)])

@@ -61,11 +61,17 @@ def test_train_batches_are_deterministic_resumable_and_cover_each_epoch():
   assert not np.array_equal(next(other_seed)['label'], labels[0])
 
 
-def test_train_augmentation_is_a_function_of_seed_and_step():
+def _cifar_like(num):
+  """``num`` random 8x8x3 uint8 images labelled 0..num-1, with CIFAR's
+  augmentation."""
   rng = np.random.default_rng(0)
-  data = {'image': rng.integers(0, 256, (16, 8, 8, 3), np.uint8),
-          'label': np.arange(16, dtype=np.int32)}
-  info = info_for((8, 8, 3), 'cifar')
+  data = {'image': rng.integers(0, 256, (num, 8, 8, 3), np.uint8),
+          'label': np.arange(num, dtype=np.int32)}
+  return data, info_for((8, 8, 3), 'cifar')
+
+
+def test_train_augmentation_is_a_function_of_seed_and_step():
+  data, info = _cifar_like(16)
   fresh = ip.train_batches(data, info, 8, seed=0, process_index=0,
                            process_count=1)
   images = [next(fresh)['image'] for _ in range(3)]
@@ -128,10 +134,7 @@ def test_eval_batches_cover_every_example_once_in_equal_batch_counts():
 
 
 def test_hessian_dataset_is_the_first_examples_unaugmented():
-  rng = np.random.default_rng(0)
-  data = {'image': rng.integers(0, 256, (20, 8, 8, 3), np.uint8),
-          'label': np.arange(20, dtype=np.int32)}
-  info = info_for((8, 8, 3), 'cifar')
+  data, info = _cifar_like(20)
   hessian = ip.hessian_dataset(data, info, num_examples=12)
   np.testing.assert_array_equal(hessian['label'], np.arange(12))
   np.testing.assert_allclose(hessian['image'],
@@ -204,10 +207,7 @@ def test_training_crops_are_windows_of_the_padded_source_images():
 
 
 def test_batches_do_not_depend_on_the_number_of_workers():
-  rng = np.random.default_rng(0)
-  data = {'image': rng.integers(0, 256, (32, 8, 8, 3), np.uint8),
-          'label': np.arange(32, dtype=np.int32)}
-  info = info_for((8, 8, 3), 'cifar')
+  data, info = _cifar_like(32)
   inline = ip.train_batches(data, info, 8, seed=3, process_index=0,
                             process_count=1)
   expected = [next(inline) for _ in range(6)]

@@ -73,21 +73,29 @@ def x64():
     yield
 
 
-def test_get_hvp_fn_with_a_batches_function_and_full_hessian(x64):
-  # spectral_density_test.testHessianVectorProduct, line for line: the
-  # original's `hvp(params, v)` is `hvp(v)` here (`hvp.with_params(p)(v)` for
-  # other params), and `full_hessian(loss_cl, params)` closes over the batch.
-  del x64
-  key = jax.random.key(0)
-  params = _init_params(key, 4, 10, 2)
-  b = _get_batch(4, 2, 5, jax.random.key(1))
+def _original_problem(layer_sizes, batch_sizes, batch_key):
+  """The original tests' problem: params, one batch, `get_hvp_fn` over a
+  batches function yielding it, and `full_hessian(loss_cl, params)` with the
+  batch closed over."""
+  params = _init_params(jax.random.key(0), *layer_sizes)
+  b = _get_batch(*batch_sizes, batch_key)
 
   def batches():
     yield b
 
   hvp, _, num_params = sd.get_hvp_fn(_sum_loss, params, batches)
+  hessian = sd.full_hessian(functools.partial(_sum_loss, batch=b), params)
+  return params, b, hvp, num_params, hessian
+
+
+def test_get_hvp_fn_with_a_batches_function_and_full_hessian(x64):
+  # spectral_density_test.testHessianVectorProduct, line for line: the
+  # original's `hvp(params, v)` is `hvp(v)` here (`hvp.with_params(p)(v)` for
+  # other params), and `full_hessian(loss_cl, params)` closes over the batch.
+  del x64
+  params, b, hvp, num_params, hessian = _original_problem(
+      (4, 10, 2), (4, 2, 5), jax.random.key(1))
   loss_cl = functools.partial(_sum_loss, batch=b)
-  hessian = sd.full_hessian(loss_cl, params)
   v = np.ones(num_params)
   np.testing.assert_allclose(hvp(v), hessian @ v, rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(hessian, _jax_hessian(loss_cl, params),
@@ -135,14 +143,8 @@ def test_lanczos_alg_on_the_hessian_spectrum(x64):
   # must not exceed the dimension.
   del x64
   key = jax.random.key(0)
-  params = _init_params(key, 2, 5, 2)
-  b = _get_batch(2, 2, 5, jax.random.key(3))
-
-  def batches():
-    yield b
-
-  hvp, _, num_params = sd.get_hvp_fn(_sum_loss, params, batches)
-  hessian = sd.full_hessian(functools.partial(_sum_loss, batch=b), params)
+  params, b, hvp, num_params, hessian = _original_problem(
+      (2, 5, 2), (2, 2, 5), jax.random.key(3))
   tridiag, vecs = sd.lanczos_alg(hvp, num_params, num_params, key)
   assert tridiag.shape == (num_params, num_params)
   assert vecs.shape == (num_params, num_params)
