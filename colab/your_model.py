@@ -172,10 +172,13 @@ plt.show()
 # %%
 class SmallCNN(nn.Module):
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, train, mask=None):
+    # mask [B]: the examples that count in the batch statistics (the
+    # experiments' losses pass it; padded batches have zeros).
     for features in (8, 16):
       x = nn.Conv(features, (3, 3), strides=2)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(
+          x, mask=None if mask is None else mask[:, None, None, None] > 0)
       x = nn.relu(x)
     return nn.Dense(10)(x.mean(axis=(1, 2)))
 

@@ -141,7 +141,7 @@ def tridiag_to_eigv(tridiag_list, *, return_vectors=False):
   return out if return_vectors else out[:2]
 
 
-def _gaussian_kernel(x, centers, sigma):
+def gaussian_kernel(x, centers, sigma):
   """``N(x; centers, sigma^2)`` for all pairs: ``[len(x), len(centers)]``."""
   z = (x[:, None] - centers[None, :]) / sigma
   return np.exp(-0.5 * z ** 2) / (sigma * np.sqrt(2 * np.pi))
@@ -173,6 +173,22 @@ def _node_range(nodes, weights, per_draw_mean):
   if per_draw_mean:
     return float(low.mean()), float(high.mean())
   return float(low.min()), float(high.max())
+
+
+def default_grid(nodes, weights, sigma, grid_len=10000):
+  """``[grid_len]``: the weighted nodes' range (all draws) with
+  `KERNEL_MARGIN` kernel widths on each side, so that the kernel's tails
+  stay on the grid.
+
+  Args:
+    nodes, weights: ``[num_draws, order]``.
+    sigma: kernel standard deviation.
+    grid_len: number of grid points.
+  """
+  low, high = _node_range(np.atleast_2d(nodes), np.atleast_2d(weights),
+                          per_draw_mean=False)
+  margin = KERNEL_MARGIN * sigma
+  return np.linspace(low - margin, high + margin, grid_len)
 
 
 def _check_grids(grids, normalize):
@@ -253,13 +269,14 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
         'sigma_squared',
         DEFAULT_SIGMA_SQUARED if sigma_squared is None else sigma_squared)
     sigma = kernel_sigma(low, high, sigma_squared)
-  if grids is None:
-    margin = 0.0 if grid_expand is not None else KERNEL_MARGIN * sigma
-    grids = np.linspace(low - margin, high + margin, grid_len)
+  if grids is None and grid_expand is not None:  # the original's grid
+    grids = np.linspace(low, high, grid_len)
+  elif grids is None:
+    grids = default_grid(nodes, weights, sigma, grid_len)
   grids = _check_grids(grids, normalize)
   flat_nodes, flat_weights = weighted_nodes(nodes, weights / nodes.shape[0])
   density = np.concatenate([
-      _gaussian_kernel(grids[i:i + chunk], flat_nodes, sigma) @ flat_weights
+      gaussian_kernel(grids[i:i + chunk], flat_nodes, sigma) @ flat_weights
       for i in range(0, grids.size, chunk)])
   if normalize:
     total = np.trapezoid(density, grids)

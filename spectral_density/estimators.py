@@ -120,7 +120,7 @@ def density_band(nodes, weights, sigma, level=0.9, grid=None):
   if not sigma > 0:
     raise ValueError(f'sigma: must be > 0, got {sigma}.')
   if grid is None:
-    grid = density_lib.default_grid(nodes, weights)
+    grid = density_lib.default_grid(nodes, weights, sigma)
   grid = np.asarray(grid, np.float64)
   per_draw = np.stack([
       density_lib.gaussian_kernel(grid, nodes[d], sigma) @ weights[d]

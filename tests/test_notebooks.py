@@ -97,7 +97,7 @@ def test_committed_notebook_is_its_script_with_outputs(name):
   assert cells(committed) == cells(script), (
       f'colab/{name}.ipynb is stale: run jupytext --sync colab/{name}.py')
   code_cells = [c for c in committed.cells if c.cell_type == 'code']
-  assert 'REPO_URL' in code_cells[0].source
+  assert 'github.com/OWNER/spectral_density' in code_cells[0].source
   # It reads on GitHub before anyone runs it: the figure is stored.
   assert figure_pngs(committed)
   assert notebook_path.stat().st_size < MAX_NOTEBOOK_BYTES
