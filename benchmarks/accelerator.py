@@ -12,7 +12,10 @@ For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
   * full-data H v time, resident (data on the device) and streamed (the
     prepared `input_pipeline.HessianSet` from host memory), the input seconds
     of each streamed product next to it, and the relative difference of the
-    two products (a correctness check);
+    two products (a correctness check). The Hessian set is uint8, normalised
+    inside each product (`augmentation.normalized_on_device`), as the
+    experiments' probe does; --host_normalized measures the float32 set
+    normalised on the host instead;
   * one order-90 SLQ draw (`lanczos_draws`). Where 90 products would not fit
     --slq_budget_s, the draw is stopped after the budget and its time is
     extrapolated from the measured seconds per Lanczos step after the first
@@ -37,6 +40,7 @@ import numpy as np
 import spectral_density as sd
 from benchmarks import benchmark
 from benchmarks import fashion_mlp
+from experiments import augmentation
 from experiments import datasets
 from experiments import input_pipeline
 from experiments import models
@@ -172,15 +176,26 @@ def measure(case: Case, args) -> dict:
                                     (1, *case.image_shape))
   params, model_state = models.split_variables(variables)
   loss = models.make_loss_fn(model, model_state, 'train')
-  resident = input_pipeline.hessian_dataset(train, info)
+  normalized = args.host_normalized
+  # The Hessian's loss and set: uint8 images normalised on the device, or
+  # (--host_normalized) float32 images normalised on the host.
+  hessian_loss = (loss if normalized else
+                  augmentation.normalized_on_device(loss, mean, std))
+  resident = input_pipeline.hessian_dataset(train, info,
+                                            normalized=normalized)
   out = {'case': case, 'examples': case.num_examples,
+         'set_form': ('float32, normalised on the host' if normalized else
+                      'uint8, normalised on the device'),
          'params': sum(x.size for x in jax.tree.leaves(params))}
 
   if args.skip_training:
     out['train_batch'] = out['train_steps_per_s'] = out['epoch_s'] = None
   else:
-    device_images = jnp.asarray(resident['image'][:4 * TRAIN_BATCH])
-    device_labels = jnp.asarray(resident['label'][:4 * TRAIN_BATCH])
+    first = jax.tree.map(lambda x: x[:4 * TRAIN_BATCH], resident)
+    if not normalized:  # training takes normalised float32 images
+      first = input_pipeline.preprocess(first, info)
+    device_images = jnp.asarray(first['image'])
+    device_labels = jnp.asarray(first['label'])
     out['train_steps_per_s'] = train_steps_per_second(
         loss, params, device_images, device_labels, args.train_steps)
     del device_images, device_labels
@@ -194,9 +209,9 @@ def measure(case: Case, args) -> dict:
   start = time.perf_counter()
   hessian_set = input_pipeline.prepare_hessian_set(
       train, info, case.num_examples, case.hessian_batch, process_index=0,
-      process_count=1)
+      process_count=1, normalized=normalized)
   out['prepare_s'] = time.perf_counter() - start
-  streamed, _, dim = sd.get_hvp_fn(loss, params, hessian_set)
+  streamed, _, dim = sd.get_hvp_fn(hessian_loss, params, hessian_set)
   v = jax.random.normal(jax.random.key(1), (dim,), jnp.float32)
   # Streamed products pay the host's input each time: one warm-up, one timed.
   jax.block_until_ready(streamed(v))
@@ -210,7 +225,7 @@ def measure(case: Case, args) -> dict:
   _log(case, 'streamed H v', begin)
 
   if _resident(case, args):
-    op, _, _ = sd.get_hvp_fn(loss, params, resident,
+    op, _, _ = sd.get_hvp_fn(hessian_loss, params, resident,
                              batch_size=case.hessian_batch,
                              devices=jax.local_devices()[:1])
     out['gradient_s'] = _seconds(op.gradient, args.repeats)
@@ -235,7 +250,7 @@ def measure(case: Case, args) -> dict:
                             out['slq_s'] / (ORDER * out['epoch_s']))
   out['peak_bytes'] = _peak_memory()
   out['hv_program_bytes'] = (None if args.tiny else _hvp_program_bytes(
-      loss, params, first_batch))
+      hessian_loss, params, first_batch))
   return out
 
 
@@ -249,7 +264,9 @@ def snapshot_cost(row: dict) -> dict:
       'examples': case.paper_examples,
       'seconds': scale * (row['gradient_s'] + row['slq_s']),
       'basis_gb': ORDER * row['params'] * 4 / 1e9,
-      'resident_data_gb': case.paper_examples * image_bytes * 4 / 1e9,
+      'resident_data_gb': (case.paper_examples * image_bytes *
+                           (4 if row['set_form'].startswith('float32') else 1)
+                           / 1e9),
       'host_uint8_gb': case.paper_examples * image_bytes / 1e9,
   }
 
@@ -266,14 +283,15 @@ def _f(value, fmt):
 def print_tables(rows, file=sys.stdout):
   device = jax.local_devices()[0]
   print(f'Device: {device.device_kind} ({jax.default_backend()}), '
-        f'{jax.local_device_count()} local, using 1; float32', file=file)
-  header = ('model', 'params', 'train steps/s (batch)', 'epoch s', 'gradient s',
+        f'{jax.local_device_count()} local, using 1; float32; Hessian set '
+        f"{rows[0]['set_form'] if rows else ''}", file=file)
+  header = ('model', 'params', 'H batch', 'train steps/s (batch)', 'epoch s', 'gradient s',
             'Hv resident s', 'Hv streamed s', 'input s/Hv', 'stream rel diff',
             f'SLQ order {ORDER} s', 'Hv/grad', f'SLQ/({ORDER} x epoch)',
             'peak GB', 'Hv program GB')
   print(' | '.join(header), file=file)
   for r in rows:
-    cells = (r['case'].title, f"{r['params']:,}",
+    cells = (r['case'].title, f"{r['params']:,}", str(r['case'].hessian_batch),
              f"{_f(r['train_steps_per_s'], '.2f')} ({r['train_batch']})",
              _f(r['epoch_s'], '.2f'), f"{r['gradient_s']:.3f}",
              _f(r['hv_resident_s'], '.3f'), f"{r['hv_streamed_s']:.3f}",
@@ -285,7 +303,8 @@ def print_tables(rows, file=sys.stdout):
   print(f'\nOne snapshot (gradient + one order-{ORDER} draw), scaled linearly '
         'in examples from the rows above:', file=file)
   print('model | Hessian examples | time s | basis GB (float32) | '
-        'resident data GB (float32) | host uint8 GB (streamed)', file=file)
+        f"resident data GB ({rows[0]['set_form'].split(',')[0] if rows else ''})"
+        ' | host uint8 GB (streamed)', file=file)
   for r in rows:
     c = snapshot_cost(r)
     print(f"{r['case'].title} | {c['examples']:,} | {c['seconds']:.0f} | "
@@ -310,10 +329,15 @@ def parse_args(argv=None):
                       default='auto', help='measure the resident operator '
                       '(auto: not for ResNets on CPU)')
   parser.add_argument('--skip_training', action='store_true')
+  parser.add_argument('--hessian_batch', type=int, default=None,
+                      help='override the Hessian batch of every case')
+  parser.add_argument('--host_normalized', action='store_true',
+                      help='a float32 Hessian set normalised on the host '
+                      '(the default: uint8, normalised on the device)')
   args = parser.parse_args(argv)
   defaults = ({'train_steps': 2, 'repeats': 1, 'slq_budget_s': 0.0}
               if args.tiny else
-              {'train_steps': 20, 'repeats': 2, 'slq_budget_s': 60.0})
+              {'train_steps': 200, 'repeats': 2, 'slq_budget_s': 60.0})
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
@@ -328,6 +352,9 @@ def main(argv=None):
                 if (c.normalization == 'cifar10') == (args.only == 'cifar')]
   if args.num_examples:
     selected = [dataclasses.replace(c, num_examples=args.num_examples)
+                for c in selected]
+  if args.hessian_batch:
+    selected = [dataclasses.replace(c, hessian_batch=args.hessian_batch)
                 for c in selected]
   rows = []
   for case in selected:

@@ -14,7 +14,9 @@ access). This module turns them into float32 batches normalised per channel:
 * `eval_batches`: each host's contiguous share, in padded, masked batches.
 * `prepare_hessian_set`: the fixed set of the Hessian, decoded and cropped
   once (host memory or a memory-mapped file), each host its share of the
-  batches; every product then only normalises these uint8 arrays.
+  batches; every product then only moves these uint8 arrays (normalised on
+  the device by `augmentation.normalized_on_device`) or, if asked, normalises
+  them on the host.
 
 Augmentation (`DatasetInfo.augmentation`): see `experiments.augmentation`.
 """
@@ -259,33 +261,44 @@ def eval_batches(data: Any, info: DatasetInfo, global_batch_size: int,
 
 
 def hessian_dataset(data: Any, info: DatasetInfo,
-                    num_examples: int | None = None) -> dict[str, np.ndarray]:
+                    num_examples: int | None = None,
+                    normalized: bool = True) -> dict[str, np.ndarray]:
   """The fixed set the Hessian is taken over: the first examples, not augmented.
 
   Args:
     data: the training dataset dict or source.
     info: the dataset's info.
     num_examples: how many (None: all).
+    normalized: float32 normalised images; False: the centre-cropped uint8
+      images, for a loss wrapped in `augmentation.normalized_on_device`.
 
   Returns:
-    {'image': float32 [num_examples, *info.image_shape], 'label': int32
-    [num_examples]}.
+    {'image': float32 (or uint8) [num_examples, *info.image_shape], 'label':
+    int32 [num_examples]}.
   """
   size = data_size(data)
   num_examples = size if num_examples is None else min(num_examples, size)
-  return preprocess(take(data, np.arange(num_examples)), info)
+  batch = take(data, np.arange(num_examples))
+  if normalized:
+    return preprocess(batch, info)
+  return {'image': np.ascontiguousarray(
+              centre_crop(batch['image'], info.image_shape[0])),
+          'label': np.asarray(batch['label'], np.int32)}
 
 
 class HessianSet:
   """This process's share of the Hessian batches, decoded and cropped once.
 
-  Calling it returns a fresh iterator of the normalised batches: the
-  streamed-dataset form of `spectral_density.get_hvp_fn`. A product costs
-  one pass of uint8 -> float32 normalisation, no decoding.
+  Calling it returns a fresh iterator of the batches: the streamed-dataset
+  form of `spectral_density.get_hvp_fn`. A product decodes nothing: it moves
+  the uint8 batches (for a loss wrapped in
+  `augmentation.normalized_on_device`) or, with normalized=True, one pass of
+  uint8 -> float32 normalisation on the host first.
   """
 
   def __init__(self, images: np.ndarray, labels: np.ndarray,
-               batch_sizes: list[int], info: DatasetInfo):
+               batch_sizes: list[int], info: DatasetInfo,
+               normalized: bool = True):
     """Args:
 
       images: uint8 [n, *info.image_shape] (array or memory map), the batches
@@ -293,10 +306,12 @@ class HessianSet:
       labels: int32 [n].
       batch_sizes: examples of each batch, summing to n.
       info: mean and std of the normalisation.
+      normalized: yield float32 normalised images; False: the uint8 ones.
     """
     self.images, self.labels = images, labels
     self.batch_sizes = batch_sizes
     self._info = info
+    self.normalized = normalized
 
   def __len__(self) -> int:
     return len(self.batch_sizes)
@@ -304,8 +319,9 @@ class HessianSet:
   def __call__(self) -> Iterator[dict[str, np.ndarray]]:
     start = 0
     for size in self.batch_sizes:
-      yield {'image': normalize(self.images[start:start + size],
-                                self._info.mean, self._info.std),
+      images = self.images[start:start + size]
+      yield {'image': (normalize(images, self._info.mean, self._info.std)
+                       if self.normalized else np.asarray(images)),
              'label': self.labels[start:start + size]}
       start += size
 
@@ -321,7 +337,8 @@ def prepare_hessian_set(data: Any, info: DatasetInfo, num_examples: int,
                         batch_size: int, cache_dir: str | None = None,
                         num_workers: int = 0, process_index: int | None = None,
                         process_count: int | None = None,
-                        chunk: int = 256) -> HessianSet:
+                        chunk: int = 256,
+                        normalized: bool = True) -> HessianSet:
   """Decodes and crops this process's Hessian batches once.
 
   The batches are those of `hessian_batch_starts` (the first num_examples
@@ -339,6 +356,7 @@ def prepare_hessian_set(data: Any, info: DatasetInfo, num_examples: int,
     process_index: this process (None: jax.process_index()).
     process_count: processes (None: jax.process_count()).
     chunk: records decoded per grain element.
+    normalized: as `HessianSet`'s.
 
   Returns:
     `HessianSet` of this process's share.
@@ -368,4 +386,4 @@ def prepare_hessian_set(data: Any, info: DatasetInfo, num_examples: int,
     images[start:start + len(part['label'])] = part['image']
     labels[start:start + len(part['label'])] = part['label']
     start += len(part['label'])
-  return HessianSet(images, labels, batch_sizes, info)
+  return HessianSet(images, labels, batch_sizes, info, normalized)

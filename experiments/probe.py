@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import augmentation
 from experiments import input_pipeline
 from experiments import models
 import spectral_density as sd
@@ -97,10 +98,11 @@ class SpectrumProbe:
         # With several processes each streams its share, decoded once; the
         # operator adds the shares.
         self._data = input_pipeline.prepare_hessian_set(
-            self._train, self._info, num, self.config.batch_size)
+            self._train, self._info, num, self.config.batch_size,
+            normalized=False)
       else:
         self._data = input_pipeline.hessian_dataset(self._train, self._info,
-                                                    num)
+                                                    num, normalized=False)
     return self._data
 
   def _cast(self, params):
@@ -111,8 +113,12 @@ class SpectrumProbe:
   def operator(self, params, model_state):
     """The `get_hvp_fn` operator at (params, model_state)."""
     if self._operator is None or self._state_dependent:
-      loss = models.make_loss_fn(self.model, model_state, self.config.bn_mode,
-                                 self.weight_decay)
+      # The set is uint8 (a quarter of the memory and transfers of float32),
+      # normalised inside each product's program.
+      loss = augmentation.normalized_on_device(
+          models.make_loss_fn(self.model, model_state, self.config.bn_mode,
+                              self.weight_decay),
+          self._info.mean, self._info.std)
       self._operator, _, _ = sd.get_hvp_fn(
           loss, self._cast(params), self._dataset(),
           batch_size=None if self.config.stream else self.config.batch_size)

@@ -160,10 +160,24 @@ def data_parallel_runner(devices):
 
   if len(devices) == 1:
     return jax.jit(run_one, static_argnums=(0, 1, 2))
-  return jax.pmap(
-      run, axis_name=AXIS, devices=list(devices),
-      in_axes=(None, None, None, None, 0, 0, None, None, None),
+  # Everything broadcast travels as one argument with one `None` in
+  # `in_axes`: pmap (jax 0.10.2) mismatched a per-argument `in_axes` with the
+  # arguments when one of them was an empty pytree (no remainder batch, or
+  # no vector for the gradient), and passed the weights unsplit.
+  pmapped = jax.pmap(
+      lambda program, batch_fn, accum_dtype, shared, data, weights: run(
+          program, batch_fn, accum_dtype, shared[0], data, weights,
+          *shared[1:]),
+      axis_name=AXIS, devices=list(devices),
+      in_axes=(None, None, None, None, 0, 0),
       static_broadcasted_argnums=(0, 1, 2), out_axes=None)
+
+  def call(program, batch_fn, accum_dtype, params, data, weights, rem_batch,
+           rem_weight, args):
+    return pmapped(program, batch_fn, accum_dtype,
+                   (params, rem_batch, rem_weight, args), data, weights)
+
+  return call
 
 
 @functools.lru_cache(maxsize=None)

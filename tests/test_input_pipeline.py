@@ -339,3 +339,53 @@ def test_grain_reads_a_real_tfds_data_source(monkeypatch):
         np.concatenate([b['label'] for b in hessian()]),
         [source[i]['label'] for i in range(40)])
   assert info.augmentation == 'cifar' and labels.shape == (32,)
+
+
+@pytest.mark.parametrize('precision', ['float32', 'float64'])
+def test_uint8_hessian_set_normalised_on_device_gives_the_same_products(
+    precision):
+  """The probe's uint8 set with `normalized_on_device`: the same H v as the
+  host-normalised set, resident and streamed; the normalisation runs in the
+  parameters' dtype (float64: against a float64 host normalisation)."""
+  import spectral_density as sd  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  info = info_for((6, 6, 3), mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3))
+  data = {'image': rng.integers(0, 256, (24, 8, 8, 3), np.uint8),
+          'label': rng.integers(0, 10, 24).astype(np.int32)}
+  dtype = np.dtype(precision)
+  params = {'w': (rng.normal(size=(6 * 6 * 3, 10)) * 0.1).astype(dtype)}
+  seen = []
+
+  def loss(p, batch):
+    seen.append(batch['image'].dtype)
+    logits = batch['image'].reshape(len(batch['label']), -1) @ p['w']
+    logp = jax.nn.log_softmax(logits)
+    return -jax.numpy.take_along_axis(logp, batch['label'][:, None], 1).mean()
+
+  on_device = augmentation.normalized_on_device(loss, info.mean, info.std)
+  uint8s = ip.hessian_dataset(data, info, normalized=False)
+  assert uint8s['image'].dtype == np.uint8
+  if precision == 'float32':
+    floats = ip.hessian_dataset(data, info)
+  else:
+    floats = dict(uint8s, image=(uint8s['image'] / 255.0 - info.mean) /
+                  np.asarray(info.std))
+  assert floats['image'].shape == uint8s['image'].shape
+  v = rng.normal(size=params['w'].size).astype(dtype)
+  with jax.enable_x64(precision == 'float64'):
+    reference, _, _ = sd.get_hvp_fn(loss, params, floats, batch_size=8)
+    resident, _, _ = sd.get_hvp_fn(on_device, params, uint8s, batch_size=8)
+    streamed, _, _ = sd.get_hvp_fn(on_device, params, ip.prepare_hessian_set(
+        data, info, 24, 8, process_index=0, process_count=1,
+        normalized=False))
+    expected = np.asarray(reference(v))
+    assert np.linalg.norm(expected) > 0
+    tol = 1e-6 if precision == 'float32' else 1e-12
+    for op in (resident, streamed):
+      np.testing.assert_allclose(np.asarray(op(v)), expected, rtol=tol,
+                                 atol=tol * np.abs(expected).max())
+    # Inside the products the images were floats of the parameters' dtype.
+    assert seen[-1] == dtype
+    # Floating images pass through untouched.
+    np.testing.assert_array_equal(on_device(params, floats),
+                                  loss(params, floats))

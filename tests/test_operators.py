@@ -198,3 +198,30 @@ def test_gradient_and_loss_raise_on_non_finite_values():
       hvp_fn.gradient()
     with pytest.raises(FloatingPointError, match='loss: the mean over'):
       hvp_fn.loss()
+
+
+@pytest.mark.parametrize('num_examples', [80, 160])
+def test_batches_that_divide_evenly_over_8_devices_equal_dense(num_examples):
+  """No remainder batch (80 and 160 examples, batch 10, 8 devices): the
+  weights must still be split with the data. pmap once passed them whole
+  when the remainder was None, here with one parameter leaf and two data
+  leaves, and the product failed (or would have mixed devices' weights)."""
+  assert jax.local_device_count() == 8
+  data = tp.classification_data(num_examples, 5, 3)
+  params = {'w': jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)))}
+
+  def loss(p, batch):
+    return tp.output_loss(batch['x'] @ p['w'], batch)
+
+  hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=10)
+  dense = tp.dense_hessian(loss, params, data)
+  v = np.random.default_rng(2).normal(size=n)
+  np.testing.assert_allclose(hvp_fn(v), dense @ v, rtol=1e-10, atol=1e-13)
+  np.testing.assert_allclose(
+      hvp_fn.gradient(), ravel_pytree(jax.grad(loss)(params, data))[0],
+      rtol=1e-10, atol=1e-13)
+  np.testing.assert_allclose(hvp_fn.loss(), loss(params, data), rtol=1e-12)
+  sharded = sd.hessian_spectrum(loss, params, data, batch_size=10, order=n,
+                                rng_key=jax.random.key(0), basis='sharded')
+  np.testing.assert_allclose(np.sort(np.asarray(sharded.nodes[0])),
+                             np.linalg.eigvalsh(dense), atol=1e-9)
