@@ -161,9 +161,10 @@ def data_parallel_runner(devices):
   if len(devices) == 1:
     return jax.jit(run_one, static_argnums=(0, 1, 2))
   # Everything broadcast travels as one argument with one `None` in
-  # `in_axes`: pmap (jax 0.10.2) mismatched a per-argument `in_axes` with the
-  # arguments when one of them was an empty pytree (no remainder batch, or
-  # no vector for the gradient), and passed the weights unsplit.
+  # `in_axes`: pmap (jax 0.10.2) mismatches a per-argument `in_axes` with the
+  # arguments when one of them is an empty pytree (None: no remainder batch,
+  # no vector for the gradient) and the data has two leaves: the weights
+  # arrived unsplit (tests/test_operators.py, "evenly").
   pmapped = jax.pmap(
       lambda program, batch_fn, accum_dtype, shared, data, weights: run(
           program, batch_fn, accum_dtype, shared[0], data, weights,
@@ -241,11 +242,15 @@ def function_runner(devices):
 @functools.lru_cache(maxsize=function_keys.MAX_BATCH_FNS)
 def stream_group_fn(devices, batch_fn, accum_dtype):
   """pmap over a group of equal batches, one per device, weighted, psummed."""
-  def group(params, batch, weight, v):
+  def group(shared, batch, weight):
+    params, v = shared
     out = batch_fn(params, batch, v).astype(accum_dtype)
     return jax.lax.psum(weight * out, AXIS)
-  return jax.pmap(group, axis_name=AXIS, devices=list(devices),
-                  in_axes=(None, 0, 0, None), out_axes=None)
+  # (params, v) travel as one broadcast argument: see data_parallel_runner
+  # (v is None for the gradient and the loss).
+  pmapped = jax.pmap(group, axis_name=AXIS, devices=list(devices),
+                     in_axes=(None, 0, 0), out_axes=None)
+  return lambda params, batch, weight, v: pmapped((params, v), batch, weight)
 
 
 @functools.lru_cache(maxsize=None)

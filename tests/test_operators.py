@@ -225,3 +225,11 @@ def test_batches_that_divide_evenly_over_8_devices_equal_dense(num_examples):
                                 rng_key=jax.random.key(0), basis='sharded')
   np.testing.assert_allclose(np.sort(np.asarray(sharded.nodes[0])),
                              np.linalg.eigvalsh(dense), atol=1e-9)
+  # Streamed in groups of 8 equal batches: the same (its pmap had the same
+  # fault for the gradient and the loss, which pass no vector).
+  streamed, _, _ = sd.get_hvp_fn(loss, params, tp.batches_of(data, 10))
+  np.testing.assert_allclose(streamed(v), dense @ v, rtol=1e-10, atol=1e-13)
+  np.testing.assert_allclose(
+      streamed.gradient(), ravel_pytree(jax.grad(loss)(params, data))[0],
+      rtol=1e-10, atol=1e-13)
+  np.testing.assert_allclose(streamed.loss(), loss(params, data), rtol=1e-12)
