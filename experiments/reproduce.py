@@ -242,6 +242,7 @@ def plot_ratios(results, path):
     axes[1].bar(x, [r['gradient_concentration'] for r in last], width,
                 label=LABELS[norm])
   axes[0].set_yscale('log')
+  axes[0].set_ylim(bottom=1)
   axes[0].set_ylabel('λ1 / λ10')
   axes[1].set_ylabel('‖P10 g‖² / ‖g‖²')
   axes[1].set_ylim(0, 1)
