@@ -245,14 +245,17 @@ def plot_ratios(results, path):
     axes[1].bar(x, [r['gradient_concentration'] for r in last], width,
                 label=LABELS[norm])
   axes[0].set_yscale('log')
-  axes[0].set_ylim(bottom=1)
+  # Room above the bars for the legend.
+  top = max(r['snapshots'][-1]['lambda_ratio'] for runs in
+            results['runs'].values() for r in runs.values())
+  axes[0].set_ylim(1, 3 * top)
   axes[0].set_ylabel('λ1 / λ10')
   axes[1].set_ylabel('‖P10 g‖² / ‖g‖²')
   axes[1].set_ylim(0, 1)
   for ax in axes:
     ax.set_xticks(np.arange(len(seeds)), [f'seed {s}' for s in seeds])
     ax.grid(alpha=0.3, axis='y')
-  axes[0].legend(fontsize=8)
+  axes[0].legend(fontsize=8, ncol=3, loc='upper left')
   fig.tight_layout()
   fig.savefig(path, dpi=72)
   plt.close(fig)
