@@ -265,17 +265,18 @@ def plot_losses(results, path):
   """Training loss against the step, every seed, a colour per norm."""
   fig, ax = plt.subplots(figsize=(6, 3.6))
   colours = dict(zip(NORMS, ('tab:blue', 'tab:orange', 'tab:green')))
-  for seed, runs in sorted(results['runs'].items()):
+  first = min(results['runs'], key=int)
+  for seed, runs in results['runs'].items():
     for norm in NORMS:
       train_log = runs[norm]['train']
       ax.plot([r['step'] for r in train_log], [r['loss'] for r in train_log],
               color=colours[norm], linewidth=1, alpha=0.8,
-              label=LABELS[norm] if seed == min(results['runs']) else None)
+              label=LABELS[norm] if seed == first else None)
   ax.set_yscale('log')
   ax.set_xlabel('training step')
   ax.set_ylabel('training loss')
   ax.set_title(f'learning rate {LEARNING_RATE} for all; seeds '
-               f'{", ".join(sorted(results["runs"]))}', fontsize=10)
+               f'{", ".join(sorted(results["runs"], key=int))}', fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -284,6 +285,7 @@ def plot_losses(results, path):
 
 
 def run_dir(workdir, seed, norm):
+  """WORKDIR/seed_S/NORM, one run's `experiments.workdir` directory."""
   return os.path.join(workdir, f'seed_{seed}', norm)
 
 
@@ -298,6 +300,8 @@ def reproduce(workdir, seeds, **overrides):
   Returns:
     The contents of WORKDIR/results.json.
   """
+  if not seeds:
+    raise ValueError('seeds: give at least one seed.')
   os.makedirs(workdir, exist_ok=True)
   config = reduced_config('batch', seeds[0], **overrides)
   results = {'config': json.loads(config.to_json_best_effort()),
