@@ -9,14 +9,25 @@ same with the full spectrum's draws in the batch (3 x num_draws), which also
 gives the Wasserstein-1 distance of the block-diagonal approximation.
 Target (issue 13): block spectra of all layers <= 1.5 x the full run.
 
-Measured with `--num_examples=2000` (one timing each, the shared 2-core
-machine under load 7 to 9): full 9.54 s, two layers' blocks 10.24 s (1.07x),
-blocks + full in one batch 20.76 s (2.18x: the full rows and the first
-layer's rows each cost a whole product); W1(full, union of blocks) = 6.0e-4,
-6.6e-5 of the spectrum's width. Each block's rows are products of the loss
-restricted to the block's parameters (`block_products`): the output layer's
-rows skip the first layer's tangent and weight gradient. Before that, with
-masked full products, the same command gave 16.82 s against 10.34 s (1.63x).
+Measured on the shared 2-core machine under heavy load (load average 12 to
+17), float32:
+
+* default (10,000 images, `--repeats=1`): full 29.83 s, two layers' blocks
+  38.78 s (**1.30x**), blocks + full in one batch 67.03 s (2.25x). One pass
+  of products: 10 full vectors 0.292 s, the 20 block rows as masked full
+  products 0.734 s (2.52x), as restricted products 0.306 s (1.05x).
+  W1(full, union of blocks) = 7.9e-4, 1.5e-4 of the spectrum's width.
+* `--num_examples=2000` (products 5x cheaper, so the recurrence weighs
+  more): 1.07x at load 7 (one timing each: 10.24 s against 9.54 s), 1.68x
+  at load 14 (median of 3 rounds: 14.95 s against 8.89 s) while its
+  products were 1.06x. Before the restricted products, 1.63x at load 9.
+
+Each block's rows are products of the loss restricted to the block's
+parameters (`block_products`): the output layer's rows skip the first
+layer's tangent and weight gradient. What remains above 1x is the
+recurrence: each block row is reorthogonalised against a full-length basis
+(zero outside the block), so twice the rows read twice the basis memory per
+step, which a loaded machine's memory bandwidth makes dearer.
 """
 
 import argparse
