@@ -127,3 +127,5 @@ def test_cdf_band_covers_the_exact_cdf_at_the_claimed_rate(order, draws,
     assert np.all(run.num_steps == n)
   with pytest.raises(ValueError, match='level'):
     res.cdf_band(1.0)
+  with pytest.raises(ValueError, match='grid'):
+    res.cdf_band(0.9, np.zeros((2, 2)))
