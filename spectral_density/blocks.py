@@ -6,7 +6,10 @@ every product is masked, so its Krylov space never leaves the block and its
 Ritz values are those of ``H_bb``; when the order exceeds the block's size the
 run ends by breakdown. All blocks and draws, and the draws of the full
 Hessian, are rows of one batch of vectors: every pass over the data serves
-all of them.
+all of them. The rows go draw by draw (``[draws, blocks]``), and a dataset
+operator computes each block's rows as the product of the loss restricted to
+the block's parameters (`block_products`): a block's rows cost what its
+parameters' tangents and gradients cost, not a whole product.
 
 The block-diagonal approximation ``diag(H_11, ..., H_BB)`` has the union of
 the block spectra as its spectrum (each block weighted by its size). Its
@@ -85,6 +88,15 @@ def block_masks(params, blocks=None, depth=1):
   return masks
 
 
+def block_leaves(params, mask):
+  """Indices of the leaves (`jax.tree.flatten` order) a block's 0/1 `mask`
+  covers; the blocks of `block_masks` are unions of whole leaves."""
+  sizes = [size for _, size in parameter_paths(params)]
+  offsets = np.cumsum([0] + sizes)
+  return tuple(i for i in range(len(sizes))
+               if mask[offsets[i]:offsets[i + 1]].any())
+
+
 def _prefix_predicate(prefix):
   parts = prefix.strip('/').split('/')
   return lambda path: path.split('/')[:len(parts)] == parts
@@ -133,8 +145,9 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=1,
     rng_key: PRNG key; default ``jax.random.key(0)``.
     include_full: also run `num_draws` draws of the full Hessian in the same
       batch, for `BlockSpectra.full` and `BlockSpectra.distance`.
-    **kwargs: Lanczos options (`precision`, `keep_vecs`, `draws_per_pass`,
-      ...), as `slq`.
+    **kwargs: Lanczos options (`precision`, `keep_vecs`, ...), as `slq`;
+      `draws_per_pass` counts the draws of each block (and of the full
+      Hessian) per pass.
 
   Returns:
     `BlockSpectra`. With `keep_vecs`, each block's `vecs` hold only the
@@ -159,7 +172,13 @@ def block_spectra_of(matvec, params, *, blocks=None, depth=1, order=90,
   names = ([FULL] if include_full else []) + list(masks)
   rows = np.stack([np.ones(num_params) if name == FULL else masks[name]
                    for name in names])
-  projection = np.repeat(rows, num_draws, axis=0)   # [names x draws, n]
+  projection = np.tile(rows, (num_draws, 1))   # [draws x names, n]
+  if isinstance(matvec, operators.Operator):
+    matvec = matvec.restrict_rows(
+        [None if name == FULL else block_leaves(params, masks[name])
+         for name in names])
+  if kwargs.get('draws_per_pass'):  # whole patterns per pass
+    kwargs['draws_per_pass'] = len(names) * int(kwargs['draws_per_pass'])
   rng_key = jax.random.key(0) if rng_key is None else rng_key
   run = lanczos.lanczos_draws(matvec, num_params, order, rng_key,
                               num_draws=len(names) * num_draws,
@@ -167,7 +186,7 @@ def block_spectra_of(matvec, params, *, blocks=None, depth=1, order=90,
   out = BlockSpectra()
   out.sizes = {name: int(masks[name].sum()) for name in masks}
   for i, name in enumerate(names):
-    draws = slice(i * num_draws, (i + 1) * num_draws)
+    draws = slice(i, None, len(names))
     vecs = None
     if run.vecs is not None:
       vecs = run.vecs[draws] if name == FULL else (

@@ -1,23 +1,6 @@
-"""Estimators from Lanczos runs: deflated traces, spectral sums, density bands,
-subspace overlaps, and a dedicated trace estimator (Hutch++, Krylov-aware).
-
-Deflated trace of a run (`deflated_trace`). With full reorthogonalisation,
-``A V_b^T = V_b^T T_b`` holds column by column for the first ``m - 1`` Lanczos
-vectors of draw ``b`` (the last one needs the next, unstored vector). So for
-any subspace ``S`` spanned by such vectors of the other draws, ``Q^T A Q`` is
-known exactly from the Gram matrix of the bases and the tridiagonals, with no
-further product, and
-
-    tr(A) = tr(Q^T A Q) + tr((I - P) A (I - P)),     P = Q Q^T.
-
-The first term carries the outliers (which hold most of a Hessian's trace)
-exactly; the second is a Hutchinson sample ``n u^T (I - P) A (I - P) u`` from
-the start vector ``u`` of the left-out draw, which is independent of ``S``:
-``A u = alpha_0 u + beta_0 v_1`` is in the draw's own tridiagonal. Leaving
-each draw out in turn gives ``num_draws`` unbiased estimates; their mean is the
-trace and their spread its standard error (as Hutch++ and the Krylov-aware
-estimators of Chen & Hallman 2023 split the products between a deflation space
-and Hutchinson samples, here the same products serve both).
+"""Estimators from Lanczos runs: density bands, subspace overlaps, and a
+dedicated trace estimator (Hutch++, Krylov-aware). Deflated traces and
+spectral sums are in `deflation`, CDF bounds in `cdf_band`.
 """
 
 import jax
@@ -27,70 +10,6 @@ from scipy import stats
 
 from spectral_density import density as density_lib
 from spectral_density import lanczos
-
-_GRAM_RTOL = 1e-10  # basis directions kept: Gram eigenvalue > this x largest
-
-
-def _usable_rows(num_steps, order):
-  """Rows j of each basis with ``A v_j`` inside the stored basis."""
-  return [int(k) if k < order else int(k) - 1 for k in num_steps]
-
-
-def _gram(rows, chunk=1 << 16):
-  """``rows @ rows.T`` in float64, `chunk` columns at a time (a float32 basis
-  of a large model is never copied whole)."""
-  gram = np.zeros((rows.shape[0], rows.shape[0]))
-  for i in range(0, rows.shape[1], chunk):
-    part = np.asarray(rows[:, i:i + chunk], np.float64)
-    gram += part @ part.T
-  return gram
-
-
-def deflated_trace_samples(tridiag, vecs, num_steps):
-  """``[num_draws]`` leave-one-out deflated trace estimates (module doc).
-
-  Args:
-    tridiag: ``[num_draws, order, order]``.
-    vecs: ``[num_draws, order, dim]`` Lanczos bases (rows).
-    num_steps: ``[num_draws]`` valid steps.
-
-  Returns:
-    ``[num_draws]`` float64, each an unbiased estimate of the trace.
-  """
-  num_draws, order, dim = vecs.shape
-  if num_draws < 2:
-    raise ValueError('num_draws: the deflated trace needs >= 2 draws (one '
-                     'deflates, the other samples), got 1.')
-  gram = _gram(np.reshape(vecs, (num_draws * order, dim)))  # [D m, D m]
-  blocks = np.zeros((num_draws * order, num_draws * order))
-  for b in range(num_draws):
-    k = int(num_steps[b])
-    blocks[b * order:b * order + k, b * order:b * order + k] = (
-        tridiag[b, :k, :k])
-  # A x_i for every row x_i: columns of basis^T @ blocks (exact for usable i).
-  gram_a = gram @ blocks                                  # rows . A rows
-  usable = _usable_rows(num_steps, order)
-  samples = np.zeros(num_draws)
-  for d in range(num_draws):
-    rows = np.concatenate([b * order + np.arange(usable[b])
-                           for b in range(num_draws) if b != d])
-    evals, evecs = np.linalg.eigh(gram[np.ix_(rows, rows)])
-    keep = evals > _GRAM_RTOL * evals.max()
-    coef = evecs[:, keep] / np.sqrt(evals[keep])          # Q = X^T coef
-    proj = coef.T @ gram_a[np.ix_(rows, rows)] @ coef     # Q^T A Q
-    proj = 0.5 * (proj + proj.T)
-    u = d * order                                         # start vector row
-    c = coef.T @ gram[rows, u]                            # Q^T u
-    qau = coef.T @ gram_a[rows, u]                        # Q^T A u
-    rest = tridiag[d, 0, 0] - 2 * c @ qau + c @ proj @ c
-    samples[d] = np.trace(proj) + dim * rest
-  return samples
-
-
-def spectral_sum_samples(nodes, weights, dim, fn):
-  """``[num_draws]`` estimates ``n sum_i w_i f(theta_i)`` of ``tr f(A)``."""
-  values = np.where(weights > 0, fn(np.where(weights > 0, nodes, 0.0)), 0.0)
-  return dim * np.sum(weights * values, axis=1)
 
 
 def density_band(nodes, weights, sigma, level=0.9, grid=None):

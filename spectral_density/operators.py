@@ -38,6 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from spectral_density import arguments
 from spectral_density import batch_functions
+from spectral_density import block_products
 from spectral_density import dataset_layout
 from spectral_density import function_keys
 from spectral_density import hessian
@@ -156,7 +157,21 @@ class _Operator:
     op.compute_dtype = op.dtype.name
     return op
 
+  row_blocks = None  # see `restrict_rows`
+
+  def restrict_rows(self, row_blocks):
+    """The same operator with the product of row ``i`` of a ``[k, n]`` batch
+    restricted to the parameter leaves ``row_blocks[i % len(row_blocks)]``
+    (a tuple of leaf indices, or None for all): see `block_products`."""
+    op = copy.copy(self)
+    op.row_blocks = tuple(None if ids is None else tuple(ids)
+                          for ids in row_blocks)
+    return op
+
   def _batch_fn(self, kind):
+    if kind == 'product' and self.row_blocks is not None:
+      return block_products.batch_function(self.curvature, self.loss_fn,
+                                           self.row_blocks, self.compute_dtype)
     return batch_functions.batch_function(self.curvature, self.loss_fn, kind,
                           self.compute_dtype)
 

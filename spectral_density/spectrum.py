@@ -12,12 +12,16 @@ Estimators and why they are computed as they are:
 * trace: ``n * E[v^T A v]`` for a unit Gaussian (or Rademacher) ``v``; ``v^T A
   v`` is ``T[0, 0]``, the first alpha, so it comes free. With kept bases and
   >= 2 draws, the other draws' Krylov spaces deflate it first
-  (`estimators.deflated_trace_samples`).
+  (`deflation.deflated_trace_samples`); spectral sums deflate the converged
+  Ritz pairs of the same spaces (`deflation.deflated_sum_samples`).
+* CDF band: Gauss quadrature interlacing per draw plus the sample-average
+  bound over draws (Chen, Trogdon & Ubaru 2021; `cdf_band`).
 * negative mass: the integral of the density below 0; unsmoothed it is the
   quadrature weight on negative nodes.
 """
 
 import dataclasses
+import functools
 import inspect
 import json
 from typing import Optional
@@ -27,6 +31,8 @@ import numpy as np
 from scipy import special
 
 from spectral_density import arguments
+from spectral_density import cdf_band as cdf_band_lib
+from spectral_density import deflation
 from spectral_density import density as density_lib
 from spectral_density import estimators
 from spectral_density import lanczos
@@ -124,7 +130,7 @@ class SpectrumResult:
   @property
   def trace(self):
     """The trace: deflated by the other draws' Krylov spaces when the bases
-    are kept and there are >= 2 draws (`estimators.deflated_trace_samples`),
+    are kept and there are >= 2 draws (`deflation.deflated_trace_samples`),
     else ``n * mean over draws of v^T A v`` (Hutchinson with unit vectors)."""
     return float(np.mean(self._trace_samples()))
 
@@ -184,11 +190,24 @@ class SpectrumResult:
 
   # Estimators of issue 13 (see `estimators`): no further products.
 
+  def _deflates(self):
+    return self.vecs is not None and self.num_draws >= 2
+
+  @functools.cached_property
+  def _pool(self):
+    """`deflation.PooledBases` of the kept bases, computed once."""
+    return deflation.pooled_bases(self.tridiag, self.vecs, self.num_steps)
+
+  @functools.cached_property
+  def _ritz_pairs(self):
+    """Per draw, the converged Ritz pairs of the other draws' bases."""
+    return [deflation.converged_ritz_pairs(self._pool, d)
+            for d in range(self.num_draws)]
+
   def _trace_samples(self):
     """``[num_draws]`` unbiased trace estimates."""
-    if self.vecs is not None and self.num_draws >= 2:
-      return estimators.deflated_trace_samples(self.tridiag, self.vecs,
-                                               self.num_steps)
+    if self._deflates():
+      return deflation.deflated_trace_samples(self.tridiag, self._pool)
     return self.dim * np.asarray(self.tridiag[:, 0, 0], np.float64)
 
   @property
@@ -200,23 +219,51 @@ class SpectrumResult:
     samples = self._trace_samples()
     return float(np.std(samples, ddof=1) / np.sqrt(self.num_draws))
 
+  def _sum_samples(self, fn):
+    if self._deflates():
+      return deflation.deflated_sum_samples(self.nodes, self.weights,
+                                            self.dim, self._ritz_pairs, fn)
+    return deflation.spectral_sum_samples(self.nodes, self.weights, self.dim,
+                                          fn)
+
   def spectral_sum(self, fn):
     """``tr f(A) = sum_j f(lambda_j)`` by quadrature, averaged over draws.
+
+    With kept bases and >= 2 draws, the converged Ritz pairs of the other
+    draws' Krylov spaces (the outliers) are summed exactly and the rest
+    estimated (`deflation.deflated_sum_samples`), as for `trace`; else
+    ``n sum_i w_i f(theta_i)`` per draw.
 
     Args:
       fn: vectorised ``f`` on eigenvalues, e.g. ``lambda x: np.log(x + d)``
         (a log-determinant) or ``np.square`` (the squared Frobenius norm).
     """
-    return float(np.mean(estimators.spectral_sum_samples(
-        self.nodes, self.weights, self.dim, fn)))
+    return float(np.mean(self._sum_samples(fn)))
 
   def spectral_sum_stderr(self, fn):
     """Standard error of `spectral_sum` from the spread over draws."""
     if self.num_draws < 2:
       raise ValueError('spectral_sum_stderr: needs num_draws >= 2, got 1.')
-    samples = estimators.spectral_sum_samples(self.nodes, self.weights,
-                                              self.dim, fn)
+    samples = self._sum_samples(fn)
     return float(np.std(samples, ddof=1) / np.sqrt(self.num_draws))
+
+  def cdf_band(self, level=0.9, grid=None, uniform=False):
+    """The spectral CDF ``#{lambda_i <= x} / n`` with an a-posteriori band.
+
+    The band is Chen, Trogdon & Ubaru (2021)'s: per draw, the Gauss
+    quadrature interlacing (Chebyshev-Markov-Stieltjes) inequalities bound
+    the draw's weighted CDF between its quadrature CDF shifted one node each
+    way; over the ``n_v`` draws, the sample-average bound adds ``t =
+    sqrt(ln(2 / eta) / (n_v (n + 2)))`` (``ln(2 n / eta)`` with `uniform`),
+    ``eta = 1 - level``. It holds with probability ``>= level`` at each
+    point (at all points at once with `uniform`) for Gaussian start vectors
+    (the default); see `cdf_band`.
+
+    Returns:
+      `cdf_band.CDFBand`: ``(cdf, lower, upper, grid)``.
+    """
+    return cdf_band_lib.cdf_band(self.nodes, self.weights, self.num_steps,
+                                 self.dim, level, grid, uniform)
 
   def effective_rank(self, z):
     """``sum_j lambda_j / (lambda_j + z)`` over the positive eigenvalues: the

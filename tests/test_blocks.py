@@ -107,3 +107,50 @@ def test_projection_masks_are_checked():
   with pytest.raises(ValueError, match='projection_masks'):
     sd.lanczos_draws(lambda v: v, 4, 2, jax.random.key(0),
                      projection_masks=np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize('curvature', ['hessian', 'ggn', 'fisher'])
+def test_restricted_products_are_the_dense_diagonal_blocks(curvature):
+  """Row i of the batch gets H_bb v_b for its block (the pattern repeats),
+  against the dense curvature's diagonal blocks; a batch that is not a
+  multiple of the pattern gets the full product."""
+  with jax.enable_x64(True):
+    loss, params, data = _problem()
+    mlp = lambda p, b: tp.mlp_logits(
+        {'w1': p['hidden']['kernel'], 'b1': p['hidden']['bias'],
+         'w2': p['out']['kernel'], 'b2': p['out']['bias']}, b)
+    if curvature == 'ggn':
+      form = (mlp, tp.output_loss)
+    elif curvature == 'fisher':
+      form = lambda p, b: tp.cross_entropy(mlp(p, b), b['y'])
+    else:
+      form = loss
+    op, _, n = sd.get_hvp_fn(form, params, data, batch_size=16,
+                             curvature=curvature)
+    dense = sd.dense_matrix(op, n, dtype=jnp.float64)
+    masks = blocks_lib.block_masks(params, depth=2)   # 4 leaves
+    names = list(masks)
+    pattern = [None] + [blocks_lib.block_leaves(params, masks[k])
+                        for k in names]
+    restricted = op.restrict_rows(pattern)
+    v = np.random.default_rng(0).standard_normal((2 * len(pattern), n))
+    rows = np.stack([np.ones(n)] + [masks[k] for k in names])
+    rows = np.tile(rows, (2, 1))
+    out = np.asarray(restricted(v * rows))
+    expected = np.stack([(dense @ (x * m)) * m for x, m in zip(v, rows)])
+    np.testing.assert_allclose(out, expected, atol=1e-12, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(restricted(v[0])), dense @ v[0],
+                               atol=1e-12, rtol=1e-9)
+
+
+def test_draws_per_pass_keeps_the_blocks_apart():
+  with jax.enable_x64(True):
+    loss, params, data = _problem()
+    kw = dict(batch_size=16, order=8, num_draws=2, rng_key=jax.random.key(5),
+              precision='float64')
+    one = sd.block_spectra(loss, params, data, **kw)
+    two = sd.block_spectra(loss, params, data, draws_per_pass=1, **kw)
+  for name in ['hidden', 'out']:
+    np.testing.assert_allclose(one[name].tridiag, two[name].tridiag,
+                               atol=1e-10)
+  np.testing.assert_allclose(one.full.tridiag, two.full.tridiag, atol=1e-10)

@@ -31,7 +31,7 @@ SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
 CELL_TIMEOUT_S = 1800
 FIGURE_TAG = 'readme-figure'
 SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
-NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model')
+NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers')
 MAX_NOTEBOOK_BYTES = 1_000_000
 
 
@@ -149,3 +149,22 @@ def test_your_model_paths_agree(monkeypatch):
   assert lambda_min['Hessian'] < -1e-3 * lambda_max['Hessian']
   assert summary['ritz_residuals'][0] < 1e-2
   assert 0 <= summary['gradient_fraction'] <= 1
+
+
+def test_beyond_peers_blocks_bands_and_tracking(monkeypatch):
+  notebook, summary = run_notebook('beyond_peers', monkeypatch)
+  assert figure_pngs(notebook)
+  assert summary['resnet'] == 'resnet8'       # the reduced run
+  for norm in ('none', 'batch'):
+    # the five blocks partition the parameters
+    assert sum(summary['block_sizes'][norm].values()) == (
+        summary['num_params'][norm])
+    assert len(summary['block_lambda_max'][norm]) == 5
+  assert summary['cdf_band_inside']
+  assert 0 < summary['cdf_band_width'] < 1
+  assert summary['mlp_trace_stderr'] > 0
+  tracking = summary['tracking']
+  assert tracking[0]['overlap'] is None
+  for record in tracking[1:]:
+    assert 0 <= record['overlap'] <= 1 + 1e-9
+    assert 0 <= record['gradient_fraction_previous'] <= 1 + 1e-9
