@@ -5,8 +5,9 @@ The reduced version of `benchmarks/mlp_exact_check.py` (14x14 images, so
 (784-20-10, 10,000 examples) are in the README. Both tests compare with the
 same dense Hessian's eigenvalues, computed once for the file. The L1
 integrals use a grid of 50,001 points, a spacing of 1/5 of the narrowest
-kernel (the benchmark's 200,001 points give the same distances to 1e-4, at
-four times the cost of evaluating the kernels of 4,150 eigenvalues).
+kernel, a quarter of the benchmark's kernel evaluations (4,150 eigenvalues
+at each point). Measured at order 90: L1 0.07152 and 0.01303 at 1e-4 and
+3e-4 x width; 0.07141 and 0.01303 on the benchmark's 200,001 points.
 """
 
 import numpy as np
