@@ -17,10 +17,6 @@ from benchmarks import mlp_exact_check
 
 GRID_LEN = 50001
 
-# Under pytest-xdist, both tests run on one worker, which computes the
-# reference once.
-pytestmark = pytest.mark.xdist_group('fashion_mnist_exact')
-
 
 @pytest.fixture(scope='module')
 def reference(fashion_mnist_path):

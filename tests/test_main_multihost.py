@@ -12,10 +12,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-# Under pytest-xdist, one worker runs every multi-process test, one at a
-# time: their processes and collectives never share the cores with another
-# multi-process test's.
-pytestmark = pytest.mark.xdist_group('multihost')
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = ('--config=configs/mlp_fashion_mnist.py:smoke',
              '--config.dataset.image_size=8', '--config.hessian.batch_size=50',

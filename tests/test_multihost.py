@@ -17,10 +17,6 @@ import pytest
 import spectral_density as sd
 import toy_problems as tp
 
-# Under pytest-xdist, one worker runs every multi-process test, one at a
-# time: their processes and collectives never share the cores with another
-# multi-process test's.
-pytestmark = pytest.mark.xdist_group('multihost')
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
 
 
