@@ -36,7 +36,8 @@ setuptools.setup(
         'experiments': EXPERIMENTS,
         'tfds': ['tensorflow-datasets>=4.9'],
         'test': EXPERIMENTS + [
-            'pytest>=8', 'hypothesis>=6.100', 'nbclient>=0.10',
+            'pytest>=8', 'pytest-xdist>=3.5', 'hypothesis>=6.100',
+            'nbclient>=0.10',
             'nbformat>=5.10', 'ipykernel>=6.29', 'jupytext>=1.16',
         ],
         'notebook': EXPERIMENTS + ['ipykernel>=6.29', 'jupytext>=1.16'],

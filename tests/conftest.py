@@ -1,21 +1,37 @@
-"""Test setup: 8 host CPU devices, so data-parallel code runs as on a pod.
+"""Test setup: 8 host CPU devices, so data-parallel code runs as on a pod;
+the hypothesis profiles.
 
 XLA reads the flag when the backend starts, so it is set here, before any test
-module imports jax. x64 stays off globally: tests that need float64 enable it
-locally with `jax.enable_x64(True)`.
+module imports jax (under pytest-xdist every worker loads this file before its
+test modules, so the flag holds there too). x64 stays off globally: tests that
+need float64 enable it locally with `jax.enable_x64(True)`.
+
+Hypothesis profiles, chosen by $HYPOTHESIS_PROFILE: `ci` (the default) runs
+the same examples on every run; `thorough` ten times as many, freshly drawn:
+
+  HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_properties.py
 """
 
 import os
 
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') +
-    ' --xla_force_host_platform_device_count=8').strip()
+DEVICES_FLAG = '--xla_force_host_platform_device_count=8'
+if DEVICES_FLAG not in os.environ.get('XLA_FLAGS', '').split():
+  os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' ' + DEVICES_FLAG).strip()
 
 import pathlib  # pylint: disable=g-import-not-at-top
 
+from hypothesis import settings  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# CI draws the same examples on every run (derandomize); `thorough` draws new
+# ones, ten times as many. No deadline: an example's first run compiles.
+settings.register_profile('ci', max_examples=60, deadline=None,
+                          derandomize=True)
+settings.register_profile('thorough', max_examples=600, deadline=None)
+settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 
 def fashion_mnist_dir():
@@ -25,7 +41,7 @@ def fashion_mnist_dir():
       'FASHION_MNIST_DIR', REPO.parent / 'shared' / 'data' / 'fashion-mnist'))
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def fashion_mnist_path():
   path = fashion_mnist_dir()
   if not (path / 'train-images-idx3-ubyte.gz').exists():

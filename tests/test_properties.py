@@ -3,10 +3,11 @@ API: `lanczos_draws`, `tridiag_to_eigv` and the density functions.
 
 Random symmetric matrices ``Q diag(lambda) Q^T`` of random spectra (distinct,
 repeated, rank-deficient, zero, negative definite) and scale, under a few
-fixed (dim, order, draws, precision) settings: the matrix is a leaf of a
-`jax.tree_util.Partial`, so every example of a setting reuses its compiled
-programs, and the file stays within a minute of CI. `derandomize=True`: the
-same examples on every run.
+fixed (dim, order, draws, precision) settings, one test each: the matrix is
+a leaf of a `jax.tree_util.Partial`, so every example of a setting reuses its
+compiled programs (compiling them is most of the file's time). The number of
+examples comes from the hypothesis profile of tests/conftest.py: `ci` (the
+default) draws the same examples on every run, `thorough` many more.
 """
 
 import jax
@@ -62,9 +63,12 @@ def _moments(nodes, weights, scale, num=5):
                    for k in range(num)])
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
-@given(setting=st.sampled_from(SETTINGS), kind=st.sampled_from(SPECTRA),
-       scale=st.sampled_from([1e-3, 1.0, 1e3]),
+# Each example runs three Lanczos runs: a tenth of the profile's examples per
+# setting (6 in CI).
+@pytest.mark.parametrize('setting', SETTINGS,
+                         ids=lambda s: '-'.join(map(str, s)))
+@settings(max_examples=max(1, settings().max_examples // 10))
+@given(kind=st.sampled_from(SPECTRA), scale=st.sampled_from([1e-3, 1.0, 1e3]),
        seed=st.integers(0, 2 ** 31 - 1))
 def test_lanczos_quadrature_invariants(setting, kind, scale, seed):
   dim, order, num_draws, precision = setting
@@ -137,7 +141,6 @@ def tridiagonals(draw):
   return out
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
 @given(tridiag=tridiagonals())
 def test_gauss_quadrature_of_any_tridiagonal(tridiag):
   nodes, weights = sd.tridiag_to_eigv(tridiag)
@@ -161,7 +164,6 @@ def test_gauss_quadrature_of_any_tridiagonal(tridiag):
   np.testing.assert_allclose(jit_weights, weights, atol=1e-10)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
 @given(nodes=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=5),
        log_sigma=st.floats(-3, 2))
 def test_density_integrates_to_one_on_its_default_grid(nodes, log_sigma):
