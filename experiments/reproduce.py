@@ -346,19 +346,25 @@ def table(results):
   return '\n'.join(lines)
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.',
-                               required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
-_STEPS = flags.DEFINE_integer('num_steps', REDUCED_STEPS, 'Training steps.')
+def define_flags():
+  """The command line's flags, defined only when this module is the program:
+  `experiments.main` defines `--workdir` too, and both are imported in one
+  process by the tests."""
+  return (flags.DEFINE_string('workdir', None, 'Output directory.',
+                              required=True),
+          flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.'),
+          flags.DEFINE_integer('num_steps', REDUCED_STEPS, 'Training steps.'))
 
 
-def main(argv):
+def main(argv, workdir, seeds, num_steps):
+  """Args: argv from absl; the flag holders of `define_flags`."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  results = reproduce(_WORKDIR.value, [int(s) for s in _SEEDS.value],
-                      num_steps=_STEPS.value)
+  results = reproduce(workdir.value, [int(s) for s in seeds.value],
+                      num_steps=num_steps.value)
   print(table(results))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _FLAG_HOLDERS = define_flags()
+  app.run(lambda argv: main(argv, *_FLAG_HOLDERS))
