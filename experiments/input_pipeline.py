@@ -49,22 +49,27 @@ from experiments.datasets import read_idx_dataset
 
 
 def preprocess(batch: Mapping[str, np.ndarray], info: DatasetInfo,
-               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+               rng: np.random.Generator | None = None,
+               normalized: bool = True) -> dict[str, np.ndarray]:
   """A uint8 batch to the model's input: augmented if rng is given, normalised.
 
   Args:
     batch: {'image': uint8 [B, S, S, C], 'label': [B]} (stored shape).
     info: the dataset's info (augmentation, input shape, mean, std).
     rng: draws the augmentation; None: evaluation (centre crop only).
+    normalized: False keeps the uint8 images (for a loss wrapped in
+      `augmentation.normalized_on_device`).
 
   Returns:
-    {'image': float32 [B, *info.image_shape], 'label': int32 [B]}.
+    {'image': float32 (uint8 if not normalized) [B, *info.image_shape],
+    'label': int32 [B]}.
   """
   if rng is None:
     images = centre_crop(batch['image'], info.image_shape[0])
   else:
     images = np.stack([augment(image, info, rng) for image in batch['image']])
-  return {'image': normalize(images, info.mean, info.std),
+  return {'image': (normalize(images, info.mean, info.std) if normalized
+                    else np.ascontiguousarray(images)),
           'label': np.asarray(batch['label'], np.int32)}
 
 
@@ -278,12 +283,8 @@ def hessian_dataset(data: Any, info: DatasetInfo,
   """
   size = data_size(data)
   num_examples = size if num_examples is None else min(num_examples, size)
-  batch = take(data, np.arange(num_examples))
-  if normalized:
-    return preprocess(batch, info)
-  return {'image': np.ascontiguousarray(
-              centre_crop(batch['image'], info.image_shape[0])),
-          'label': np.asarray(batch['label'], np.int32)}
+  return preprocess(take(data, np.arange(num_examples)), info,
+                    normalized=normalized)
 
 
 class HessianSet:
