@@ -21,7 +21,14 @@ For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
     extrapolated from the measured seconds per Lanczos step after the first
     segment (compilation), and labelled so;
   * the ratios H v / gradient and SLQ / (90 x epoch); the authors' rule of
-    thumb is SLQ = 2 x 90 x epoch, i.e. a ratio of 2.
+    thumb is SLQ = 2 x 90 x epoch, i.e. a ratio of 2;
+  * several draws at once (--draws, default 4): one product of a [draws,
+    dim] block of vectors, which shares the primal forward and backward
+    pass over each batch between the draws (`vmap` of `jvp` of `grad` over
+    the vectors), its time per draw, and the SLQ ratio per draw that
+    follows (the one-draw SLQ time scaled by the per-draw product time:
+    derived, not a second Lanczos run). The authors ran one draw per job
+    (FACTS.md); the paper's density averages several.
 Then one snapshot (gradient + order-90 draw) at the paper's scale, scaled
 linearly in the number of examples from these per-example costs, with the
 memory it needs.
@@ -241,6 +248,19 @@ def measure(case: Case, args) -> dict:
   first_batch = jax.tree.map(lambda x: x[:case.hessian_batch], resident)
   del resident
 
+  if args.draws > 1:
+    block = jax.random.normal(jax.random.key(2), (args.draws, dim),
+                              jnp.float32).at[0].set(v)
+    out['hv_block_s'] = _seconds(lambda: op(block), args.repeats)
+    hv_one = np.asarray(op(v))
+    out['block_rel_diff'] = float(
+        np.linalg.norm(np.asarray(op(block))[0] - hv_one) /
+        np.linalg.norm(hv_one))
+    _log(case, f'{args.draws} draws sharing the passes', begin)
+  else:
+    out['hv_block_s'] = out['block_rel_diff'] = None
+  out['draws'] = args.draws
+
   out['slq_s'], out['slq_label'] = slq_draw_seconds(
       op, dim, args.slq_budget_s, args.slq_segment)
   _log(case, 'SLQ', begin)
@@ -248,6 +268,14 @@ def measure(case: Case, args) -> dict:
                              out['gradient_s'])
   out['slq_over_epochs'] = (None if out['epoch_s'] is None else
                             out['slq_s'] / (ORDER * out['epoch_s']))
+  hv_one_s = out['hv_resident_s'] or out['hv_streamed_s']
+  out['block_per_draw_over_hv'] = (
+      None if out['hv_block_s'] is None else
+      out['hv_block_s'] / args.draws / hv_one_s)
+  out['slq_per_draw_over_epochs'] = (
+      None if None in (out['block_per_draw_over_hv'],
+                       out['slq_over_epochs']) else
+      out['slq_over_epochs'] * out['block_per_draw_over_hv'])
   out['peak_bytes'] = _peak_memory()
   out['hv_program_bytes'] = (None if args.tiny else _hvp_program_bytes(
       hessian_loss, params, first_batch))
@@ -288,6 +316,9 @@ def print_tables(rows, file=sys.stdout):
   header = ('model', 'params', 'H batch', 'train steps/s (batch)', 'epoch s', 'gradient s',
             'Hv resident s', 'Hv streamed s', 'input s/Hv', 'stream rel diff',
             f'SLQ order {ORDER} s', 'Hv/grad', f'SLQ/({ORDER} x epoch)',
+            f"Hv per draw, {rows[0]['draws'] if rows else ''} draws s",
+            'per draw / one draw', 'block rel diff',
+            f'SLQ per draw/({ORDER} x epoch) (derived)',
             'peak GB', 'Hv program GB')
   print(' | '.join(header), file=file)
   for r in rows:
@@ -298,6 +329,11 @@ def print_tables(rows, file=sys.stdout):
              f"{r['input_s']:.3f}", _f(r['stream_rel_diff'], '.1e'),
              f"{r['slq_s']:.1f} ({r['slq_label']})",
              f"{r['hv_over_gradient']:.2f}", _f(r['slq_over_epochs'], '.2f'),
+             _f(None if r['hv_block_s'] is None else
+                r['hv_block_s'] / r['draws'], '.3f'),
+             _f(r['block_per_draw_over_hv'], '.2f'),
+             _f(r['block_rel_diff'], '.1e'),
+             _f(r['slq_per_draw_over_epochs'], '.2f'),
              _gb(r['peak_bytes']), _gb(r['hv_program_bytes']))
     print(' | '.join(cells), file=file)
   print(f'\nOne snapshot (gradient + one order-{ORDER} draw), scaled linearly '
@@ -331,6 +367,8 @@ def parse_args(argv=None):
   parser.add_argument('--skip_training', action='store_true')
   parser.add_argument('--hessian_batch', type=int, default=None,
                       help='override the Hessian batch of every case')
+  parser.add_argument('--draws', type=int, default=4,
+                      help='vectors of the shared-pass product (1: skip it)')
   parser.add_argument('--host_normalized', action='store_true',
                       help='a float32 Hessian set normalised on the host '
                       '(the default: uint8, normalised on the device)')

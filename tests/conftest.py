@@ -1,5 +1,5 @@
 """Test setup: 8 host CPU devices, so data-parallel code runs as on a pod;
-the hypothesis profiles.
+faster XLA compilation; the hypothesis profiles.
 
 XLA reads the flag when the backend starts, so it is set here, before any test
 module imports jax (under pytest-xdist every worker loads this file before its
@@ -19,9 +19,25 @@ if DEVICES_FLAG not in os.environ.get('XLA_FLAGS', '').split():
   os.environ['XLA_FLAGS'] = (
       os.environ.get('XLA_FLAGS', '') + ' ' + DEVICES_FLAG).strip()
 
+# Compiling, not running, is most of this suite's time on a 2-core CPU.
+# `jax_disable_most_optimizations` (XLA's CPU backend at LLVM level 0 and
+# without its expensive passes) compiles faster while the arithmetic of every
+# operation stays the same. Measured with XLA_FLAGS level 0 on two workers:
+# tests/test_{lanczos_checkpoint,operators,models}.py 308 s -> 197 s, but the
+# tests that run long loops slow down (the your_model notebook 90 s -> 262 s,
+# test_fashion_mnist_exact.py 70 s -> 146 s). So it is on for every test
+# except those marked `optimized`, and for the subprocesses (the
+# multi-process workers, the notebook kernels) through the environment.
+# SPECTRAL_DENSITY_TEST_OPTIMIZE=all compiles everything as users do.
+FAST_COMPILE = os.environ.get('SPECTRAL_DENSITY_TEST_OPTIMIZE') != 'all'
+FAST_COMPILE_ENV = 'JAX_DISABLE_MOST_OPTIMIZATIONS'
+if FAST_COMPILE:
+  os.environ[FAST_COMPILE_ENV] = '1'
+
 import pathlib  # pylint: disable=g-import-not-at-top
 
 from hypothesis import settings  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -48,3 +64,16 @@ def fashion_mnist_path():
     pytest.skip(f'Fashion-MNIST IDX files not found in {path} (set '
                 'FASHION_MNIST_DIR to run this test on real data).')
   return path
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'optimized: compiled with all of XLA\'s optimisations (tests '
+      'whose running time, not compilation, dominates)')
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Before any fixture of `item` (module fixtures included) is set up."""
+  jax.config.update('jax_disable_most_optimizations', FAST_COMPILE and
+                    item.get_closest_marker('optimized') is None)

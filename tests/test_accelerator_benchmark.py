@@ -20,6 +20,13 @@ def test_accelerator_benchmark_tiny_runs_and_its_numbers_hold_together():
                             row['train_steps_per_s'])
   assert row['hv_over_gradient'] == row['hv_resident_s'] / row['gradient_s']
   assert row['slq_over_epochs'] == row['slq_s'] / (ORDER * row['epoch_s'])
+  # Four draws in one product: row 0 of the block is the one-vector product,
+  # and the per-draw ratios follow from the times.
+  assert row['draws'] == 4 and row['block_rel_diff'] < 1e-5
+  assert row['block_per_draw_over_hv'] == (
+      row['hv_block_s'] / 4 / row['hv_resident_s'])
+  assert row['slq_per_draw_over_epochs'] == (
+      row['slq_over_epochs'] * row['block_per_draw_over_hv'])
   # The budget of --tiny is 0 s: the draw is stopped and extrapolated.
   assert row['slq_label'].startswith('extrapolated from steps')
   cost = accelerator.snapshot_cost(row)

@@ -15,6 +15,10 @@ import pytest
 
 from benchmarks import mlp_exact_check
 
+# The dense Hessian and order-90 draws run long: compiled with every
+# optimisation (tests/conftest.py); 70 s against 146 s without.
+pytestmark = pytest.mark.optimized
+
 GRID_LEN = 50001
 
 

@@ -29,6 +29,9 @@ def _env(devices, **extra):
          if k != 'XLA_FLAGS' and not k.startswith('JAX_')}
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['JAX_CPU_COLLECTIVES_IMPLEMENTATION'] = 'gloo'
+  if 'JAX_DISABLE_MOST_OPTIMIZATIONS' in os.environ:  # tests/conftest.py
+    env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = os.environ[
+        'JAX_DISABLE_MOST_OPTIMIZATIONS']
   env.update(extra)
   return env
 

@@ -44,12 +44,18 @@ def load_runner():
   return module
 
 
-def run_notebook(name, monkeypatch):
-  """Executes colab/NAME.py in smoke mode; returns (notebook, summary)."""
+def run_notebook(name, monkeypatch, optimized=False):
+  """Executes colab/NAME.py in smoke mode; returns (notebook, summary).
+
+  The kernel compiles fast (tests/conftest.py) unless `optimized`: for the
+  notebooks whose running time, not compilation, dominates.
+  """
   notebook = jupytext.read(REPO / 'colab' / f'{name}.py')
   notebook.cells.append(nbformat.v4.new_code_cell(
       f'import json\nprint({SUMMARY_MARKER!r} + json.dumps(summary))'))
   monkeypatch.setenv(SMOKE_ENV, '1')
+  if optimized:
+    monkeypatch.delenv('JAX_DISABLE_MOST_OPTIMIZATIONS', raising=False)
   # The checkout's packages (configs/, experiments/) import even where the
   # installed copy predates them.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
@@ -135,7 +141,8 @@ def test_batchnorm_outliers_tracks_the_three_networks(monkeypatch):
 
 
 def test_your_model_paths_agree(monkeypatch):
-  notebook, summary = run_notebook('your_model', monkeypatch)
+  notebook, summary = run_notebook('your_model', monkeypatch,
+                                   optimized=True)  # 90 s, 262 s if not
   assert figure_pngs(notebook)
   assert summary['num_devices'] >= 2
   # Streaming the batches and using one device change only the order of
