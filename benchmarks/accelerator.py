@@ -3,6 +3,12 @@
   python -m benchmarks.accelerator          # full sizes, < 8 min on an H100
   python -m benchmarks.accelerator --tiny   # a minute on a CPU (CI runs it):
                                             # the same code on a small MLP
+  python -m benchmarks.accelerator --flops_only   # FLOP counts, any machine
+
+The full run keeps to --deadline_s (450 s by default, shared equally between
+the cases): the SLQ draw's budget shrinks to what is left, and the
+several-draw product is skipped (and the table says so) where it would not
+fit, so the run ends within 8 minutes on a slower device too.
 
 For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
 10,000 examples (synthetic uint8 images, batch norm in train mode, float32):
@@ -28,7 +34,11 @@ For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
     the vectors), its time per draw, and the SLQ ratio per draw that
     follows (the one-draw SLQ time scaled by the per-draw product time:
     derived, not a second Lanczos run). The authors ran one draw per job
-    (FACTS.md); the paper's density averages several.
+    (FACTS.md); the paper's density averages several;
+  * XLA's FLOP count per example of the same programs (training step,
+    gradient, H v, H v per draw of the block): hardware-independent, so
+    `--flops_only` prints it on any machine in about a minute, and it says
+    what the time ratios would be if every program ran equally efficiently.
 Then one snapshot (gradient + order-90 draw) at the paper's scale, scaled
 linearly in the number of examples from these per-example costs, with the
 memory it needs.
@@ -37,6 +47,7 @@ memory it needs.
 import argparse
 import dataclasses
 import functools
+import math
 import sys
 import time
 
@@ -97,6 +108,66 @@ def _peak_memory():
   """Peak bytes in use on device 0, where the backend reports it."""
   stats = jax.local_devices()[0].memory_stats() or {}
   return stats.get('peak_bytes_in_use')
+
+
+class Clock:
+  """Seconds left before a deadline; no deadline when `seconds` is None."""
+
+  def __init__(self, seconds):
+    self.end = None if seconds is None else time.perf_counter() + seconds
+
+  def left(self) -> float:
+    return math.inf if self.end is None else self.end - time.perf_counter()
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _flops(fn, *args) -> float:
+  """XLA's count of floating-point operations in jit(fn)(*args): its HLO
+  cost analysis before optimisation, which is the same on every backend
+  (a multiply-add counts 2)."""
+  cost = jax.jit(fn).lower(*_shapes(args)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
+def flop_counts(train_loss, train_batch, hessian_loss, hessian_batch, params,
+                draws) -> dict:
+  """FLOPs per example of one batch's programs.
+
+  Args:
+    train_loss, train_batch: the training loss and one batch of it
+      (arrays or `jax.ShapeDtypeStruct`s; only shapes are used).
+    hessian_loss, hessian_batch: the same for the Hessian's products.
+    params: the parameters (arrays or shapes).
+    draws: vectors of the block product (1: not counted).
+
+  Returns:
+    {'train_step', 'gradient', 'hv', 'hv_per_draw'}: FLOPs per example of
+    an SGD-momentum step, of `grad` and of `sd.hvp` (`jvp` of `grad`) on the
+    Hessian batch, and of `vmap(sd.hvp)` over `draws` vectors divided by
+    `draws` (None for one draw).
+  """
+  tx, step = fashion_mlp.sgd_momentum_step(train_loss)
+  opt_state = jax.eval_shape(tx.init, _shapes(params))
+  n_train = len(jax.tree.leaves(train_batch)[0])
+  n_hessian = len(jax.tree.leaves(hessian_batch)[0])
+  product = functools.partial(sd.hvp, hessian_loss)
+  out = {
+      'train_step': _flops(step, params, opt_state, train_batch) / n_train,
+      'gradient': _flops(jax.grad(hessian_loss), params,
+                         hessian_batch) / n_hessian,
+      'hv': _flops(product, params, hessian_batch, params) / n_hessian,
+      'hv_per_draw': None}
+  if draws > 1:
+    block = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((draws, *x.shape), x.dtype), params)
+    out['hv_per_draw'] = _flops(
+        jax.vmap(product, in_axes=(None, None, 0)), params, hessian_batch,
+        block) / n_hessian / draws
+  return out
 
 
 def train_steps_per_second(loss, params, images, labels, steps):
@@ -167,33 +238,69 @@ def _log(case, what, start):
         file=sys.stderr, flush=True)
 
 
-def measure(case: Case, args) -> dict:
-  """The rows of one case."""
-  begin = time.perf_counter()
-  rng = np.random.default_rng(0)
+def _model(case: Case):
+  """(params, training loss, the Hessian's loss, dataset info) of a case.
+
+  The Hessian's loss takes uint8 images and normalises them on the device
+  (`augmentation.normalized_on_device`), as the experiments' probe does;
+  floating images (--host_normalized) pass through it unchanged.
+  """
   mean, std = datasets.NORMALIZATION[case.normalization]
   info = datasets.DatasetInfo(case.title, case.num_classes, case.image_shape,
                               mean, std, 'none', case.num_examples, 0)
-  train = {'image': rng.integers(0, 256, (case.num_examples,
-                                          *case.image_shape), np.uint8),
-           'label': rng.integers(0, case.num_classes, case.num_examples,
-                                 dtype=np.int32)}
   model = models.create_model(case.model, case.num_classes, case.norm)
   variables = models.init_variables(model, jax.random.key(0),
                                     (1, *case.image_shape))
   params, model_state = models.split_variables(variables)
   loss = models.make_loss_fn(model, model_state, 'train')
+  return params, loss, augmentation.normalized_on_device(loss, mean, std), info
+
+
+def _batch_shapes(case: Case, size: int, dtype) -> dict:
+  return {'image': jax.ShapeDtypeStruct((size, *case.image_shape), dtype),
+          'label': jax.ShapeDtypeStruct((size,), jnp.int32)}
+
+
+def flop_row(case: Case, args, params=None, loss=None,
+             hessian_loss=None) -> dict:
+  """The FLOP counts of a case, from shapes alone (--flops_only); the model
+  is built unless given."""
+  if params is None:
+    params, loss, hessian_loss, _ = _model(case)
+  hessian_dtype = jnp.float32 if args.host_normalized else jnp.uint8
+  train_batch = min(TRAIN_BATCH, case.num_examples)
+  hessian_batch = min(case.hessian_batch, case.num_examples)
+  return {'case': case,
+          'params': sum(x.size for x in jax.tree.leaves(params)),
+          'draws': args.draws,
+          'flops': flop_counts(
+              loss, _batch_shapes(case, train_batch, jnp.float32),
+              hessian_loss,
+              _batch_shapes(case, hessian_batch, hessian_dtype),
+              params, args.draws)}
+
+
+def measure(case: Case, args, clock: Clock | None = None) -> dict:
+  """The rows of one case, within `clock` (None: no deadline)."""
+  clock = clock or Clock(None)
+  begin = time.perf_counter()
+  rng = np.random.default_rng(0)
+  params, loss, hessian_loss, info = _model(case)
+  train = {'image': rng.integers(0, 256, (case.num_examples,
+                                          *case.image_shape), np.uint8),
+           'label': rng.integers(0, case.num_classes, case.num_examples,
+                                 dtype=np.int32)}
   normalized = args.host_normalized
-  # The Hessian's loss and set: uint8 images normalised on the device, or
-  # (--host_normalized) float32 images normalised on the host.
-  hessian_loss = (loss if normalized else
-                  augmentation.normalized_on_device(loss, mean, std))
   resident = input_pipeline.hessian_dataset(train, info,
                                             normalized=normalized)
   out = {'case': case, 'examples': case.num_examples,
          'set_form': ('float32, normalised on the host' if normalized else
                       'uint8, normalised on the device'),
          'params': sum(x.size for x in jax.tree.leaves(params))}
+
+  # Shapes only: a few seconds of tracing, inside the deadline's plans.
+  out['flops'] = flop_row(case, args, params, loss, hessian_loss)['flops']
+  _log(case, 'FLOP counts', begin)
 
   if args.skip_training:
     out['train_batch'] = out['train_steps_per_s'] = out['epoch_s'] = None
@@ -221,10 +328,14 @@ def measure(case: Case, args) -> dict:
   streamed, _, dim = sd.get_hvp_fn(hessian_loss, params, hessian_set)
   v = jax.random.normal(jax.random.key(1), (dim,), jnp.float32)
   # Streamed products pay the host's input each time: one warm-up, one timed.
+  start = time.perf_counter()
   jax.block_until_ready(streamed(v))
+  first_call_s = time.perf_counter() - start
   start = time.perf_counter()
   hv_streamed = np.asarray(streamed(v))
   out['hv_streamed_s'] = time.perf_counter() - start
+  # What a new program costs to compile, for the deadline's plans below.
+  compile_s = max(first_call_s - out['hv_streamed_s'], 0.0)
   start = time.perf_counter()
   for _ in hessian_set():
     pass
@@ -247,10 +358,21 @@ def measure(case: Case, args) -> dict:
     out['gradient_s'] = _seconds(op.gradient, args.repeats)
     out['hv_resident_s'] = out['stream_rel_diff'] = None
     hv_op = hv_streamed
+  hv_one_s = out['hv_resident_s'] or out['hv_streamed_s']  # op's product
   first_batch = jax.tree.map(lambda x: x[:case.hessian_batch], resident)
   del resident
 
-  if args.draws > 1:
+  # The shortest draw slq_draw_seconds can time: two compiling segments and
+  # one timed; and one more compilation for XLA's memory estimate.
+  slq_floor_s = 3 * compile_s + 3 * args.slq_segment * hv_one_s
+  # The block product, at no sharing at all: a warm-up, `repeats` timed
+  # calls and the check, each `draws` products, plus its compilation.
+  block_s = compile_s + (args.repeats + 2) * args.draws * hv_one_s
+  out['draws'] = args.draws
+  out['hv_block_s'] = out['block_rel_diff'] = None
+  out['block_skipped'] = (args.draws > 1 and
+                          clock.left() < block_s + slq_floor_s)
+  if args.draws > 1 and not out['block_skipped']:
     block = jax.random.normal(jax.random.key(2), (args.draws, dim),
                               jnp.float32).at[0].set(v)
     out['hv_block_s'] = _seconds(lambda: op(block), args.repeats)
@@ -259,14 +381,11 @@ def measure(case: Case, args) -> dict:
         np.linalg.norm(np.asarray(op(block))[0] - hv_op) /
         np.linalg.norm(hv_op))
     _log(case, f'{args.draws} draws sharing the passes', begin)
-  else:
-    out['hv_block_s'] = out['block_rel_diff'] = None
-  out['draws'] = args.draws
 
+  budget_s = min(args.slq_budget_s, max(clock.left() - slq_floor_s, 0.0))
   out['slq_s'], out['slq_label'] = slq_draw_seconds(
-      op, dim, args.slq_budget_s, args.slq_segment)
+      op, dim, budget_s, args.slq_segment)
   _log(case, 'SLQ', begin)
-  hv_one_s = out['hv_resident_s'] or out['hv_streamed_s']  # op's product
   out['hv_over_gradient'] = hv_one_s / out['gradient_s']
   out['slq_over_epochs'] = (None if out['epoch_s'] is None else
                             out['slq_s'] / (ORDER * out['epoch_s']))
@@ -280,6 +399,7 @@ def measure(case: Case, args) -> dict:
   out['peak_bytes'] = _peak_memory()
   out['hv_program_bytes'] = (None if args.tiny else _hvp_program_bytes(
       hessian_loss, params, first_batch))
+  out['seconds'] = time.perf_counter() - begin
   return out
 
 
@@ -330,13 +450,15 @@ def print_tables(rows, file=sys.stdout):
              f"{r['input_s']:.3f}", _f(r['stream_rel_diff'], '.1e'),
              f"{r['slq_s']:.1f} ({r['slq_label']})",
              f"{r['hv_over_gradient']:.2f}", _f(r['slq_over_epochs'], '.2f'),
-             _f(None if r['hv_block_s'] is None else
-                r['hv_block_s'] / r['draws'], '.3f'),
+             ('skipped (deadline)' if r['block_skipped'] else
+              _f(None if r['hv_block_s'] is None else
+                 r['hv_block_s'] / r['draws'], '.3f')),
              _f(r['block_per_draw_over_hv'], '.2f'),
              _f(r['block_rel_diff'], '.1e'),
              _f(r['slq_per_draw_over_epochs'], '.2f'),
              _gb(r['peak_bytes']), _gb(r['hv_program_bytes']))
     print(' | '.join(cells), file=file)
+  print_flops(rows, file)
   print(f'\nOne snapshot (gradient + one order-{ORDER} draw), scaled linearly '
         'in examples from the rows above:', file=file)
   print('model | Hessian examples | time s | basis GB (float32) | '
@@ -347,6 +469,30 @@ def print_tables(rows, file=sys.stdout):
     print(f"{r['case'].title} | {c['examples']:,} | {c['seconds']:.0f} | "
           f"{c['basis_gb']:.2f} | {c['resident_data_gb']:.1f} | "
           f"{c['host_uint8_gb']:.1f}", file=file)
+
+
+def print_flops(rows, file=sys.stdout):
+  """XLA's FLOP counts per example and the ratios they imply."""
+  draws = rows[0]['draws'] if rows else ''
+  print(f'\nXLA FLOP count per example (HLO cost analysis; the same on every '
+        'device), and the time ratios it implies if every program ran '
+        'equally efficiently:', file=file)
+  print(' | '.join((
+      'model', 'train step GFLOP', 'gradient GFLOP', 'Hv GFLOP',
+      'Hv/grad', f'Hv/train step = SLQ/({ORDER} x epoch)',
+      f'Hv per draw, {draws} draws / grad',
+      f'SLQ per draw/({ORDER} x epoch)')), file=file)
+  for r in rows:
+    f = r['flops']
+    per_draw = f['hv_per_draw']
+    print(' | '.join((
+        r['case'].title, f"{f['train_step'] / 1e9:.4g}",
+        f"{f['gradient'] / 1e9:.4g}", f"{f['hv'] / 1e9:.4g}",
+        f"{f['hv'] / f['gradient']:.3f}",
+        f"{f['hv'] / f['train_step']:.3f}",
+        _f(None if per_draw is None else per_draw / f['gradient'], '.3f'),
+        _f(None if per_draw is None else per_draw / f['train_step'], '.3f'))),
+          file=file)
 
 
 def parse_args(argv=None):
@@ -370,16 +516,27 @@ def parse_args(argv=None):
                       help='override the Hessian batch of every case')
   parser.add_argument('--draws', type=int, default=4,
                       help='vectors of the shared-pass product (1: skip it)')
+  parser.add_argument('--deadline_s', type=float, default=None,
+                      help='seconds the whole run may take, shared equally '
+                      'between the cases (default 450; none for --tiny)')
+  parser.add_argument('--flops_only', action='store_true',
+                      help='print only the FLOP counts (shapes, no data; '
+                      'about a minute on any machine)')
   parser.add_argument('--host_normalized', action='store_true',
                       help='a float32 Hessian set normalised on the host '
                       '(the default: uint8, normalised on the device)')
   args = parser.parse_args(argv)
   defaults = ({'train_steps': 2, 'repeats': 1, 'slq_budget_s': 0.0}
               if args.tiny else
-              {'train_steps': 200, 'repeats': 2, 'slq_budget_s': 60.0})
+              {'train_steps': 200, 'repeats': 2, 'slq_budget_s': 60.0,
+               'deadline_s': 450.0})
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
+  if args.deadline_s is not None and args.deadline_s <= 0:
+    parser.error(f'--deadline_s must be positive, got {args.deadline_s}')
+  if args.draws < 1:
+    parser.error(f'--draws must be at least 1, got {args.draws}')
   return args
 
 
@@ -395,13 +552,24 @@ def main(argv=None):
   if args.hessian_batch:
     selected = [dataclasses.replace(c, hessian_batch=args.hessian_batch)
                 for c in selected]
+  if args.flops_only:
+    rows = [flop_row(case, args) for case in selected]
+    print_flops(rows)
+    return rows
+  run = Clock(args.deadline_s)
   rows = []
-  for case in selected:
-    start = time.perf_counter()
-    rows.append(measure(case, args))
-    print(f'{case.title}: measured in {time.perf_counter() - start:.0f} s',
+  for i, case in enumerate(selected):
+    # Each case gets an equal share of what is left.
+    rows.append(measure(case, args, Clock(run.left() / (len(selected) - i)
+                                          if args.deadline_s is not None
+                                          else None)))
+    print(f"{case.title}: measured in {rows[-1]['seconds']:.0f} s",
           file=sys.stderr, flush=True)
   print_tables(rows)
+  if run.left() < 0:
+    print(f'The run took {-run.left():.0f} s more than --deadline_s '
+          f'{args.deadline_s:.0f} s: the compulsory measurements alone did '
+          'not fit.', file=sys.stderr)
   return rows
 
 

@@ -2,6 +2,9 @@
 
 import io
 
+import numpy as np
+import pytest
+
 from benchmarks import accelerator
 
 ORDER = accelerator.ORDER
@@ -22,7 +25,8 @@ def test_accelerator_benchmark_tiny_runs_and_its_numbers_hold_together():
   assert row['slq_over_epochs'] == row['slq_s'] / (ORDER * row['epoch_s'])
   # Four draws in one product: row 0 of the block is the one-vector product,
   # and the per-draw ratios follow from the times.
-  assert row['draws'] == 4 and row['block_rel_diff'] < 1e-5
+  assert row['draws'] == 4 and not row['block_skipped']
+  assert row['block_rel_diff'] < 1e-5
   assert row['block_per_draw_over_hv'] == (
       row['hv_block_s'] / 4 / row['hv_resident_s'])
   assert row['slq_per_draw_over_epochs'] == (
@@ -38,3 +42,57 @@ def test_accelerator_benchmark_tiny_runs_and_its_numbers_hold_together():
   accelerator.print_tables(rows, out)
   assert 'tiny stand-in for ResNet-32' in out.getvalue()
   assert 'extrapolated' in out.getvalue()
+  # The FLOP table: H v costs more than a gradient and less than three
+  # (forward-over-reverse on an MLP whose input needs no gradient), and
+  # sharing the forward pass makes a draw of the block cheaper than one H v.
+  flops = row['flops']
+  assert 1 < flops['hv'] / flops['gradient'] < 3
+  assert flops['hv_per_draw'] < flops['hv']
+  assert 'XLA FLOP count per example' in out.getvalue()
+
+
+def test_flop_counts_of_a_linear_model_are_the_closed_form():
+  # Logistic regression, loss = mean(softplus(X w) - y X w) with X [B, d]:
+  # its products are dots of 2 B d FLOPs each (a multiply-add counts 2).
+  # The gradient is the forward X w and the backward X^T (sigmoid - y):
+  # 4 B d. H v = X^T diag(sigmoid') X v / B needs the forward X w, then X v
+  # and X^T (...): 6 B d (the primal X^T (sigmoid - y) is no part of the
+  # tangent, and the count leaves it out). K vectors share the forward
+  # pass: (2 + 4 K) B d, 4.5 B d per draw for K = 4. The elementwise work
+  # is O(B + d), under 1% here.
+  import jax
+  import jax.numpy as jnp
+  b, d = 400, 1000
+
+  def loss(params, batch):
+    z = batch['x'] @ params['w']
+    return jnp.mean(jax.nn.softplus(z) - batch['y'] * z)
+
+  batch = {'x': jnp.zeros((b, d)), 'y': jnp.zeros((b,))}
+  params = {'w': jnp.zeros((d,))}
+  flops = accelerator.flop_counts(loss, batch, loss, batch, params, 4)
+  per_example = 2 * d  # one dot's FLOPs per example
+  np.testing.assert_allclose(flops['gradient'], 2 * per_example, rtol=0.01)
+  np.testing.assert_allclose(flops['train_step'], 2 * per_example, rtol=0.01)
+  np.testing.assert_allclose(flops['hv'], 3 * per_example, rtol=0.01)
+  np.testing.assert_allclose(flops['hv_per_draw'], 2.25 * per_example,
+                             rtol=0.01)
+  single = accelerator.flop_counts(loss, batch, loss, batch, params, 1)
+  assert single['hv_per_draw'] is None and single['hv'] == flops['hv']
+
+
+def test_a_deadline_shrinks_the_run_and_the_table_says_so():
+  # A deadline already spent: the several-draw product is skipped, and the
+  # SLQ draw, whose own budget would let it run all 90 steps, keeps only its
+  # shortest timed form: two compiling segments and one timed.
+  rows = accelerator.main(['--tiny', '--deadline_s', '0.001',
+                           '--slq_budget_s', '1000'])
+  row = rows[0]
+  assert row['block_skipped'] and row['hv_block_s'] is None
+  assert row['block_per_draw_over_hv'] is None
+  assert row['slq_label'] == 'extrapolated from steps 7-9'
+  out = io.StringIO()
+  accelerator.print_tables(rows, out)
+  assert 'skipped (deadline)' in out.getvalue()
+  with pytest.raises(SystemExit):
+    accelerator.parse_args(['--deadline_s', '0'])
