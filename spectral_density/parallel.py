@@ -178,6 +178,13 @@ def data_parallel_runner(devices):
     return pmapped(program, batch_fn, accum_dtype,
                    (params, rem_batch, rem_weight, args), data, weights)
 
+  def lower(program, batch_fn, accum_dtype, params, data, weights, rem_batch,
+            rem_weight, args):
+    """`jax.stages.Lowered` of `call`, as `jit(...).lower` of one device."""
+    return pmapped.lower(program, batch_fn, accum_dtype,
+                         (params, rem_batch, rem_weight, args), data, weights)
+
+  call.lower = lower
   return call
 
 

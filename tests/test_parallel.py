@@ -83,6 +83,16 @@ def test_data_parallel_runner_sums_weighted_batches_over_devices():
       rem_weight, (jnp.ones(3),))
   expected = 2.0 * (0.1 * data.sum(axis=(0, 1)) + rem_weight * rem_batch)
   np.testing.assert_allclose(out, expected, rtol=1e-6)
+  # `lower` compiles the same program for XLA's memory analysis (the
+  # benchmarks' use), on several devices as on one.
+  for devs in (devices, devices[:1]):
+    compiled = parallel.data_parallel_runner(devs).lower(
+        program, batch_fn, jnp.float32, 2.0, data[:len(devs)],
+        weights[:len(devs)], rem_batch, rem_weight, (jnp.ones(3),)).compile()
+    mem = compiled.memory_analysis()
+    mem = mem[0] if isinstance(mem, (list, tuple)) else mem
+    # A device's arguments hold at least its own batches (float32).
+    assert mem.argument_size_in_bytes >= data[0].size * 4
 
 
 def test_function_runner_splits_a_plain_product():
