@@ -36,12 +36,13 @@ For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
     derived, not a second Lanczos run). The authors ran one draw per job
     (FACTS.md); the paper's density averages several;
   * XLA's FLOP count per example of the same programs (training step,
-    gradient, H v, H v per draw of the block): hardware-independent, so
+    gradient, H v, H v per draw of the block; `benchmarks.flop_count`):
+    hardware-independent, so
     `--flops_only` prints it on any machine in about a minute, and it says
     what the time ratios would be if every program ran equally efficiently.
 Then one snapshot (gradient + order-90 draw) at the paper's scale, scaled
 linearly in the number of examples from these per-example costs, with the
-memory it needs.
+memory it needs. The tables are printed by `benchmarks.accelerator_report`.
 """
 
 import argparse
@@ -56,8 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectral_density as sd
+from benchmarks import accelerator_report
 from benchmarks import benchmark
 from benchmarks import fashion_mlp
+from benchmarks import flop_count
 from experiments import augmentation
 from experiments import datasets
 from experiments import input_pipeline
@@ -67,7 +70,7 @@ from experiments import models
 # its own entry in `experiments.models.MODELS`.
 CIFAR_MODEL = 'resnet32'
 IMAGENET_MODEL = 'resnet18'
-ORDER = 90
+ORDER = accelerator_report.ORDER
 TRAIN_BATCH = 128
 
 
@@ -118,56 +121,6 @@ class Clock:
 
   def left(self) -> float:
     return math.inf if self.end is None else self.end - time.perf_counter()
-
-
-def _shapes(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-
-
-def _flops(fn, *args) -> float:
-  """XLA's count of floating-point operations in jit(fn)(*args): its HLO
-  cost analysis before optimisation, which is the same on every backend
-  (a multiply-add counts 2)."""
-  cost = jax.jit(fn).lower(*_shapes(args)).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops'])
-
-
-def flop_counts(train_loss, train_batch, hessian_loss, hessian_batch, params,
-                draws) -> dict:
-  """FLOPs per example of one batch's programs.
-
-  Args:
-    train_loss, train_batch: the training loss and one batch of it
-      (arrays or `jax.ShapeDtypeStruct`s; only shapes are used).
-    hessian_loss, hessian_batch: the same for the Hessian's products.
-    params: the parameters (arrays or shapes).
-    draws: vectors of the block product (1: not counted).
-
-  Returns:
-    {'train_step', 'gradient', 'hv', 'hv_per_draw'}: FLOPs per example of
-    an SGD-momentum step, of `grad` and of `sd.hvp` (`jvp` of `grad`) on the
-    Hessian batch, and of `vmap(sd.hvp)` over `draws` vectors divided by
-    `draws` (None for one draw).
-  """
-  tx, step = fashion_mlp.sgd_momentum_step(train_loss)
-  opt_state = jax.eval_shape(tx.init, _shapes(params))
-  n_train = len(jax.tree.leaves(train_batch)[0])
-  n_hessian = len(jax.tree.leaves(hessian_batch)[0])
-  product = functools.partial(sd.hvp, hessian_loss)
-  out = {
-      'train_step': _flops(step, params, opt_state, train_batch) / n_train,
-      'gradient': _flops(jax.grad(hessian_loss), params,
-                         hessian_batch) / n_hessian,
-      'hv': _flops(product, params, hessian_batch, params) / n_hessian,
-      'hv_per_draw': None}
-  if draws > 1:
-    block = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((draws, *x.shape), x.dtype), params)
-    out['hv_per_draw'] = _flops(
-        jax.vmap(product, in_axes=(None, None, 0)), params, hessian_batch,
-        block) / n_hessian / draws
-  return out
 
 
 def train_steps_per_second(loss, params, images, labels, steps):
@@ -261,23 +214,22 @@ def _batch_shapes(case: Case, size: int, dtype) -> dict:
           'label': jax.ShapeDtypeStruct((size,), jnp.int32)}
 
 
-def flop_row(case: Case, args, params=None, loss=None,
-             hessian_loss=None) -> dict:
-  """The FLOP counts of a case, from shapes alone (--flops_only); the model
-  is built unless given."""
-  if params is None:
-    params, loss, hessian_loss, _ = _model(case)
+def _case_flops(case: Case, args, params, loss, hessian_loss) -> dict:
+  """`flop_count.flop_counts` at the case's batches (shapes only)."""
   hessian_dtype = jnp.float32 if args.host_normalized else jnp.uint8
   train_batch = min(TRAIN_BATCH, case.num_examples)
   hessian_batch = min(case.hessian_batch, case.num_examples)
-  return {'case': case,
+  return flop_count.flop_counts(
+      loss, _batch_shapes(case, train_batch, jnp.float32), hessian_loss,
+      _batch_shapes(case, hessian_batch, hessian_dtype), params, args.draws)
+
+
+def flop_row(case: Case, args) -> dict:
+  """The FLOP counts of a case, from shapes alone (--flops_only)."""
+  params, loss, hessian_loss, _ = _model(case)
+  return {'case': case, 'draws': args.draws,
           'params': sum(x.size for x in jax.tree.leaves(params)),
-          'draws': args.draws,
-          'flops': flop_counts(
-              loss, _batch_shapes(case, train_batch, jnp.float32),
-              hessian_loss,
-              _batch_shapes(case, hessian_batch, hessian_dtype),
-              params, args.draws)}
+          'flops': _case_flops(case, args, params, loss, hessian_loss)}
 
 
 def measure(case: Case, args, clock: Clock | None = None) -> dict:
@@ -299,7 +251,7 @@ def measure(case: Case, args, clock: Clock | None = None) -> dict:
          'params': sum(x.size for x in jax.tree.leaves(params))}
 
   # Shapes only: a few seconds of tracing, inside the deadline's plans.
-  out['flops'] = flop_row(case, args, params, loss, hessian_loss)['flops']
+  out['flops'] = _case_flops(case, args, params, loss, hessian_loss)
   _log(case, 'FLOP counts', begin)
 
   if args.skip_training:
@@ -403,98 +355,6 @@ def measure(case: Case, args, clock: Clock | None = None) -> dict:
   return out
 
 
-def snapshot_cost(row: dict) -> dict:
-  """One snapshot (gradient + order-ORDER draw) on the paper's Hessian set,
-  scaled linearly in examples from this run, and its memory."""
-  case = row['case']
-  scale = case.paper_examples / row['examples']
-  image_bytes = int(np.prod(case.image_shape))
-  return {
-      'examples': case.paper_examples,
-      'seconds': scale * (row['gradient_s'] + row['slq_s']),
-      'basis_gb': ORDER * row['params'] * 4 / 1e9,
-      'resident_data_gb': (case.paper_examples * image_bytes *
-                           (4 if row['set_form'].startswith('float32') else 1)
-                           / 1e9),
-      'host_uint8_gb': case.paper_examples * image_bytes / 1e9,
-  }
-
-
-def _gb(value):
-  return '-' if value is None else f'{value / 1e9:.2f}'
-
-
-def _f(value, fmt):
-  """value formatted, '-' where not measured."""
-  return '-' if value is None else format(value, fmt)
-
-
-def print_tables(rows, file=sys.stdout):
-  device = jax.local_devices()[0]
-  print(f'Device: {device.device_kind} ({jax.default_backend()}), '
-        f'{jax.local_device_count()} local, using 1; float32; Hessian set '
-        f"{rows[0]['set_form'] if rows else ''}", file=file)
-  header = ('model', 'params', 'H batch', 'train steps/s (batch)', 'epoch s', 'gradient s',
-            'Hv resident s', 'Hv streamed s', 'input s/Hv', 'stream rel diff',
-            f'SLQ order {ORDER} s', 'Hv/grad', f'SLQ/({ORDER} x epoch)',
-            f"Hv per draw, {rows[0]['draws'] if rows else ''} draws s",
-            'per draw / one draw', 'block rel diff',
-            f'SLQ per draw/({ORDER} x epoch) (derived)',
-            'peak GB', 'Hv program GB')
-  print(' | '.join(header), file=file)
-  for r in rows:
-    cells = (r['case'].title, f"{r['params']:,}", str(r['case'].hessian_batch),
-             f"{_f(r['train_steps_per_s'], '.2f')} ({r['train_batch']})",
-             _f(r['epoch_s'], '.2f'), f"{r['gradient_s']:.3f}",
-             _f(r['hv_resident_s'], '.3f'), f"{r['hv_streamed_s']:.3f}",
-             f"{r['input_s']:.3f}", _f(r['stream_rel_diff'], '.1e'),
-             f"{r['slq_s']:.1f} ({r['slq_label']})",
-             f"{r['hv_over_gradient']:.2f}", _f(r['slq_over_epochs'], '.2f'),
-             ('skipped (deadline)' if r['block_skipped'] else
-              _f(None if r['hv_block_s'] is None else
-                 r['hv_block_s'] / r['draws'], '.3f')),
-             _f(r['block_per_draw_over_hv'], '.2f'),
-             _f(r['block_rel_diff'], '.1e'),
-             _f(r['slq_per_draw_over_epochs'], '.2f'),
-             _gb(r['peak_bytes']), _gb(r['hv_program_bytes']))
-    print(' | '.join(cells), file=file)
-  print_flops(rows, file)
-  print(f'\nOne snapshot (gradient + one order-{ORDER} draw), scaled linearly '
-        'in examples from the rows above:', file=file)
-  print('model | Hessian examples | time s | basis GB (float32) | '
-        f"resident data GB ({rows[0]['set_form'].split(',')[0] if rows else ''})"
-        ' | host uint8 GB (streamed)', file=file)
-  for r in rows:
-    c = snapshot_cost(r)
-    print(f"{r['case'].title} | {c['examples']:,} | {c['seconds']:.0f} | "
-          f"{c['basis_gb']:.2f} | {c['resident_data_gb']:.1f} | "
-          f"{c['host_uint8_gb']:.1f}", file=file)
-
-
-def print_flops(rows, file=sys.stdout):
-  """XLA's FLOP counts per example and the ratios they imply."""
-  draws = rows[0]['draws'] if rows else ''
-  print(f'\nXLA FLOP count per example (HLO cost analysis; the same on every '
-        'device), and the time ratios it implies if every program ran '
-        'equally efficiently:', file=file)
-  print(' | '.join((
-      'model', 'train step GFLOP', 'gradient GFLOP', 'Hv GFLOP',
-      'Hv/grad', f'Hv/train step = SLQ/({ORDER} x epoch)',
-      f'Hv per draw, {draws} draws / grad',
-      f'SLQ per draw/({ORDER} x epoch)')), file=file)
-  for r in rows:
-    f = r['flops']
-    per_draw = f['hv_per_draw']
-    print(' | '.join((
-        r['case'].title, f"{f['train_step'] / 1e9:.4g}",
-        f"{f['gradient'] / 1e9:.4g}", f"{f['hv'] / 1e9:.4g}",
-        f"{f['hv'] / f['gradient']:.3f}",
-        f"{f['hv'] / f['train_step']:.3f}",
-        _f(None if per_draw is None else per_draw / f['gradient'], '.3f'),
-        _f(None if per_draw is None else per_draw / f['train_step'], '.3f'))),
-          file=file)
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--tiny', action='store_true',
@@ -554,7 +414,7 @@ def main(argv=None):
                 for c in selected]
   if args.flops_only:
     rows = [flop_row(case, args) for case in selected]
-    print_flops(rows)
+    accelerator_report.print_flops(rows)
     return rows
   run = Clock(args.deadline_s)
   rows = []
@@ -565,7 +425,7 @@ def main(argv=None):
                                           else None)))
     print(f"{case.title}: measured in {rows[-1]['seconds']:.0f} s",
           file=sys.stderr, flush=True)
-  print_tables(rows)
+  accelerator_report.print_tables(rows)
   if run.left() < 0:
     print(f'The run took {-run.left():.0f} s more than --deadline_s '
           f'{args.deadline_s:.0f} s: the compulsory measurements alone did '

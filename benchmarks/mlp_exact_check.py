@@ -161,8 +161,8 @@ def main():
   (path / 'mlp_exact_check.json').write_text(json.dumps(out, indent=1))
   plot(exact, res, 1e-3 * (exact[-1] - exact[0]),
        path / 'mlp_exact_vs_slq.png')
-  print(f"| parameters | examples | lambda_max exact | lambda_max SLQ | rel. "
-        f"err | L1 (sigma=1e-4 w) | L1 (3e-4 w) | L1 (1e-3 w) | SLQ s |")
+  print("| parameters | examples | lambda_max exact | lambda_max SLQ | rel. "
+        "err | L1 (sigma=1e-4 w) | L1 (3e-4 w) | L1 (1e-3 w) | SLQ s |")
   print('|---|---|---|---|---|---|---|---|---|')
   l1 = out['l1']
   print(f"| {out['num_params']} | {out['num_examples']} | "

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks import accelerator
+from benchmarks import accelerator_report
+from benchmarks import flop_count
 
 ORDER = accelerator.ORDER
 
@@ -33,13 +35,13 @@ def test_accelerator_benchmark_tiny_runs_and_its_numbers_hold_together():
       row['slq_over_epochs'] * row['block_per_draw_over_hv'])
   # The budget of --tiny is 0 s: the draw is stopped and extrapolated.
   assert row['slq_label'].startswith('extrapolated from steps')
-  cost = accelerator.snapshot_cost(row)
+  cost = accelerator_report.snapshot_cost(row)
   assert cost['basis_gb'] == ORDER * row['params'] * 4 / 1e9
   assert cost['host_uint8_gb'] == 50_000 * 32 * 32 * 3 / 1e9
   assert cost['seconds'] == (50_000 / row['examples'] *
                              (row['gradient_s'] + row['slq_s']))
   out = io.StringIO()
-  accelerator.print_tables(rows, out)
+  accelerator_report.print_tables(rows, out)
   assert 'tiny stand-in for ResNet-32' in out.getvalue()
   assert 'extrapolated' in out.getvalue()
   # The FLOP table: H v costs more than a gradient and less than three
@@ -70,14 +72,14 @@ def test_flop_counts_of_a_linear_model_are_the_closed_form():
 
   batch = {'x': jnp.zeros((b, d)), 'y': jnp.zeros((b,))}
   params = {'w': jnp.zeros((d,))}
-  flops = accelerator.flop_counts(loss, batch, loss, batch, params, 4)
+  flops = flop_count.flop_counts(loss, batch, loss, batch, params, 4)
   per_example = 2 * d  # one dot's FLOPs per example
   np.testing.assert_allclose(flops['gradient'], 2 * per_example, rtol=0.01)
   np.testing.assert_allclose(flops['train_step'], 2 * per_example, rtol=0.01)
   np.testing.assert_allclose(flops['hv'], 3 * per_example, rtol=0.01)
   np.testing.assert_allclose(flops['hv_per_draw'], 2.25 * per_example,
                              rtol=0.01)
-  single = accelerator.flop_counts(loss, batch, loss, batch, params, 1)
+  single = flop_count.flop_counts(loss, batch, loss, batch, params, 1)
   assert single['hv_per_draw'] is None and single['hv'] == flops['hv']
 
 
@@ -92,7 +94,7 @@ def test_a_deadline_shrinks_the_run_and_the_table_says_so():
   assert row['block_per_draw_over_hv'] is None
   assert row['slq_label'] == 'extrapolated from steps 7-9'
   out = io.StringIO()
-  accelerator.print_tables(rows, out)
+  accelerator_report.print_tables(rows, out)
   assert 'skipped (deadline)' in out.getvalue()
   with pytest.raises(SystemExit):
     accelerator.parse_args(['--deadline_s', '0'])
