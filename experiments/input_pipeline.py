@@ -42,9 +42,9 @@ from experiments.datasets import take
 # Re-exported: train.py, the notebooks and the benchmarks read datasets
 # through this module.
 # pylint: disable=unused-import,g-bad-import-order
-from experiments.datasets import load_dataset
-from experiments.datasets import read_embedded_fashion_mnist
-from experiments.datasets import read_idx_dataset
+from experiments.datasets import load_dataset  # noqa: F401
+from experiments.datasets import read_embedded_fashion_mnist  # noqa: F401
+from experiments.datasets import read_idx_dataset  # noqa: F401
 # pylint: enable=unused-import,g-bad-import-order
 
 

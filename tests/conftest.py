@@ -66,10 +66,28 @@ def fashion_mnist_path():
   return path
 
 
+# The heavy files (minutes each: whole training runs, several processes,
+# notebooks, dense Hessians of real data). `pytest -m "not slow"` leaves them
+# out, for a few minutes' run of the library's tests; CI runs everything.
+SLOW_FILES = frozenset((
+    'test_fashion_mnist_exact.py', 'test_main_multihost.py',
+    'test_multihost.py', 'test_notebooks.py', 'test_reproduce.py',
+    'test_train_resnet.py'))
+
+
 def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'optimized: compiled with all of XLA\'s optimisations (tests '
       'whose running time, not compilation, dominates)')
+  config.addinivalue_line(
+      'markers', 'slow: a heavy test, left out by `pytest -m "not slow"` '
+      '(every test of the files in SLOW_FILES, and any test marked so)')
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if item.path.name in SLOW_FILES:
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(tryfirst=True)
