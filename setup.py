@@ -39,7 +39,15 @@ setuptools.setup(
             'pytest>=8', 'pytest-xdist>=3.5', 'hypothesis>=6.100',
             'nbclient>=0.10',
             'nbformat>=5.10', 'ipykernel>=6.29', 'jupytext>=1.16',
+            'ruff>=0.6',  # the linter CI runs (`ruff check`, ruff.toml)
         ],
         'notebook': EXPERIMENTS + ['ipykernel>=6.29', 'jupytext>=1.16'],
+        # The documentation site (mkdocs.yml; why these: docs/README.md):
+        # MkDocs Material, the API reference from the docstrings
+        # (mkdocstrings-python), the notebooks rendered from their stored
+        # outputs (mkdocs-jupyter). CI builds it in strict mode.
+        'docs': ['mkdocs>=1.6,<2', 'mkdocs-material>=9.5,<10',
+                 'mkdocstrings[python]>=0.26', 'mkdocstrings-python>=1.12',
+                 'mkdocs-jupyter>=0.25'],
     },
 )

@@ -434,4 +434,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  report.run('accelerator', main)

@@ -7,6 +7,10 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/accelerator_out}; mkdir -p "$OUT"
+# The dated reports (benchmarks/report.py) come back with $OUT: copy the
+# full-size ones to docs/reports/ (and rerun `python -c "from benchmarks import
+# report; report.write_index()"`).
+export SPECTRAL_DENSITY_REPORT_DIR="${SPECTRAL_DENSITY_REPORT_DIR:-$OUT/reports}"
 if ! python3 -c "import grain, ml_collections" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .whl/*.whl || exit 1

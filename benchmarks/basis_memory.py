@@ -109,5 +109,6 @@ def main():
 
 
 if __name__ == '__main__':
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(True):
-    main()
+    report.run('basis_memory', main)

@@ -195,4 +195,5 @@ def _print_rows(rows):
 
 
 if __name__ == '__main__':
-  main()
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  report.run('benchmark', main)

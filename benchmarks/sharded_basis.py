@@ -127,4 +127,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  report.run('sharded_basis', main)

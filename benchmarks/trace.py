@@ -144,4 +144,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  report.run('trace', main)

@@ -367,4 +367,9 @@ def main(argv, workdir, seeds, num_steps):
 
 if __name__ == '__main__':
   _FLAG_HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, *_FLAG_HOLDERS))
+  try:  # The dated report (docs/reports/) is written from a checkout only:
+    # the benchmarks package, which writes it, is not installed.
+    from benchmarks import report  # pylint: disable=g-import-not-at-top
+    app.run(lambda argv: report.run('reproduce', main, argv, *_FLAG_HOLDERS))
+  except ImportError:
+    app.run(lambda argv: main(argv, *_FLAG_HOLDERS))
