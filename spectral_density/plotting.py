@@ -23,8 +23,9 @@ from spectral_density import density as density_lib
 LOG_FLOOR = 1e-7
 DPI = 150                     # new figures; print needs >= 150
 CAPTION_GID = 'density-caption'
-# Estimates one after another: distinct in print, not by colour alone.
-LINE_STYLES = ('-', '--', '-.', ':')
+# Estimates one after another: distinct in print, not by colour alone; none
+# is dashed, which means exact (`EXACT_STYLE`).
+LINE_STYLES = ('-', '-.', ':', (0, (3, 1, 1, 1, 1, 1)))
 EXACT_STYLE = {'color': 'black', 'linestyle': (0, (5, 2)), 'linewidth': 1}
 
 
@@ -38,7 +39,8 @@ def density_caption(sigma, *, order=None, num_draws=None, num_examples=None):
   """What a density figure must state, as one line of text.
 
   Args:
-    sigma: Gaussian kernel standard deviation (eigenvalue units).
+    sigma: Gaussian kernel standard deviation (eigenvalue units), or None
+      where the figure's legend gives each curve's.
     order: Lanczos steps per draw, or None.
     num_draws: number of start vectors, or None.
     num_examples: examples the curvature is over, or None.
@@ -46,8 +48,10 @@ def density_caption(sigma, *, order=None, num_draws=None, num_examples=None):
   Returns:
     e.g. ``'kernel sigma 0.0031 · order 90 · 10 draws · 3,000 examples'``.
   """
-  sigma = arguments.positive_float('sigma', sigma)
-  parts = [f'kernel sigma {sigma:.2g}']
+  parts = []
+  if sigma is not None:
+    sigma = arguments.positive_float('sigma', sigma)
+    parts.append(f'kernel sigma {sigma:.2g}')
   if order is not None:
     parts.append(f'order {arguments.positive_int("order", order)}')
   if num_draws is not None:
