@@ -17,6 +17,10 @@ import importlib.util
 import json
 import os
 import pathlib
+import runpy
+
+from packaging import requirements
+from packaging import utils as packaging_utils
 
 import pytest
 
@@ -126,6 +130,36 @@ def test_committed_notebook_is_its_script_with_outputs(name):
   # It reads on GitHub before anyone runs it: the figure is stored.
   assert figure_pngs(committed)
   assert notebook_path.stat().st_size < MAX_NOTEBOOK_BYTES
+
+
+# What a fresh Colab runtime ships, of the packages the install cell needs
+# (googlecolab/backend-info, pip-freeze.gpu.txt, June 2026; Python 3.12).
+COLAB_VERSIONS = {
+    'jax': '0.7.2', 'flax': '0.11.2', 'optax': '0.2.8',
+    'orbax-checkpoint': '0.12.0', 'grain': '0.2.17', 'numpy': '2.0.2',
+    'scipy': '1.16.3', 'matplotlib': '3.10.0', 'absl-py': '1.4.0',
+    'pillow': '11.3.0', 'tqdm': '4.67.3',
+}
+
+
+def test_the_colab_install_keeps_the_runtime_packages(monkeypatch):
+  import setuptools
+  setup = {}
+  monkeypatch.setattr(setuptools, 'setup', lambda **kw: setup.update(kw))
+  monkeypatch.chdir(REPO)
+  runpy.run_path(str(REPO / 'setup.py'))
+  needed = setup['install_requires'] + setup['extras_require']['experiments']
+  for requirement in map(requirements.Requirement, needed):
+    name = packaging_utils.canonicalize_name(requirement.name)
+    if name in COLAB_VERSIONS:   # pip must not need to upgrade it there
+      assert requirement.specifier.contains(COLAB_VERSIONS[name]), (
+          requirement, COLAB_VERSIONS[name])
+  for name in NOTEBOOKS:
+    install = next(c for c in jupytext.read(REPO / 'colab' / f'{name}.py')
+                   .cells if c.cell_type == 'code').source
+    # Every installed distribution goes to pip as a constraint.
+    assert "'-c', pins.name" in install and 'distributions()' in install
+    assert "'spectral_density[experiments] @ '" in install
 
 
 def test_quickstart_slq_matches_the_exact_spectrum(monkeypatch):
