@@ -8,9 +8,14 @@ import setuptools
 # Pillow: JPEG decoding of image records).
 EXPERIMENTS = [
     'flax>=0.10', 'optax>=0.2', 'orbax-checkpoint>=0.11',
-    'ml_collections>=1.0', 'absl-py>=2.0', 'tqdm>=4.66',
-    'grain>=0.2.18', 'Pillow>=10',
+    'ml_collections>=1.0', 'absl-py>=1.4', 'tqdm>=4.66',
+    'grain>=0.2.17', 'Pillow>=10',
 ]
+# The floors of jax, absl-py and grain are the versions a Colab runtime
+# ships (googlecolab/backend-info, pip-freeze.gpu.txt, June 2026: jax 0.7.2,
+# absl-py 1.4.0, grain 0.2.17), on which the notebooks run: the notebooks'
+# install cell keeps the runtime's packages, and a higher floor would make
+# pip fail there (or, unconstrained, upgrade jax past Colab's CUDA plugin).
 
 setuptools.setup(
     name='spectral_density',
@@ -27,7 +32,7 @@ setuptools.setup(
     package_data={'experiments': ['data/*']},
     python_requires='>=3.10',
     install_requires=[
-        'jax>=0.8',
+        'jax>=0.7.2',   # Colab's (see EXPERIMENTS)
         'numpy>=1.26',
         'scipy>=1.11',
         'matplotlib>=3.8',

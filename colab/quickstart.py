@@ -20,7 +20,7 @@
 # %% [markdown]
 # # Quickstart: the Hessian spectrum of a small network, exactly and by SLQ
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/spectral_density/blob/main/colab/quickstart.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/spectral-density/spectral_density/blob/main/colab/quickstart.ipynb)
 #
 # Ghorbani, Krishnan & Xiao (ICML 2019) estimate the eigenvalue density of a
 # neural network's Hessian with **stochastic Lanczos quadrature** (SLQ): 90
@@ -37,28 +37,34 @@
 # 3. estimate the same spectrum with order-90 SLQ;
 # 4. see what the order, the number of draws and the smoothing width do.
 #
-# Runs on a CPU, GPU or TPU runtime. The exact eigendecomposition of the
-# 15,910 x 15,910 Hessian runs on the host CPU: about 5 minutes on 2 cores
-# (3 of them in `eigh`) and 9 GB of memory; everything else takes seconds.
-# For a one-minute version set `IMAGE_SIZE = 14` below (4,150 parameters).
-#
-# The outputs stored with this notebook come from its reduced run
-# (`SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1`: 8x8 crops, 1,510 parameters); run it
-# for the full-size picture.
+# Runs on a CPU, GPU or TPU runtime. By default the images are 14x14 centre
+# crops (a 196-20-10 MLP, 4,150 parameters), so that the whole notebook runs
+# in a few minutes on a 2-core CPU; the outputs stored with it come from
+# that default run (its wall time and machine are in the notebook's
+# metadata, under `spectral_density`). For the paper's own network set
+# `IMAGE_SIZE = 28` (15,910 parameters): the exact eigendecomposition of
+# its 15,910 x 15,910 Hessian then takes about 5 minutes on 2 cores and
+# 9 GB of memory; everything else still takes seconds.
 
 # %%
-# Colab: install the package from GitHub (OWNER: the repository's owner).
-# Colab's own JAX already runs on the runtime's GPU or TPU, and where the
-# package already imports (a checkout, CI) nothing is installed.
-import importlib.util, os, subprocess, sys  # pylint: disable=multiple-imports
+# Colab: install the package from GitHub, keeping every package the runtime
+# already has at its installed version (JAX for the runtime's GPU or TPU,
+# Flax, optax, NumPy, ...): they go to pip as constraints, so pip adds only
+# what is missing (ml_collections) or stops with an error; it never upgrades
+# them. Where the package already imports (a checkout, CI) nothing happens.
+import importlib.metadata, importlib.util, os, subprocess, sys, tempfile  # pylint: disable=multiple-imports
 if importlib.util.find_spec('spectral_density') is None:
+  with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False) as pins:
+    pins.write('\n'.join(f'{d.metadata["Name"]}=={d.version}'
+                         for d in importlib.metadata.distributions()))
   subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q',
-      'spectral_density[notebook] @ git+https://github.com/OWNER/spectral_density'])
+      '-c', pins.name, 'spectral_density[experiments] @ '
+      'git+https://github.com/spectral-density/spectral_density'])
 
 # %%
 # CI runs the same cells at small sizes.
 SMOKE = os.environ.get('SPECTRAL_DENSITY_NOTEBOOK_SMOKE') == '1'
-IMAGE_SIZE = 8 if SMOKE else 28    # centre crops; 28: the paper's 784-20-10 MLP
+IMAGE_SIZE = 8 if SMOKE else 14    # centre crops; 28: the paper's 784-20-10 MLP
 NUM_EXAMPLES = 1000 if SMOKE else 3000  # training set, and the Hessian's
 TRAIN_STEPS = 300                  # SGD steps of 120 examples
 ORDER = 90                         # Lanczos steps per draw (the paper's)
@@ -77,11 +83,14 @@ import spectral_density as sd
 from configs import mlp_fashion_mnist
 from experiments import input_pipeline
 from experiments import models
+from experiments import plots
 from experiments import train
 from spectral_density import plotting
 
-# Figures here, in the notebook (`experiments` draws its own to files).
+# Figures here, in the notebook (`experiments` draws its own to files), at
+# a resolution fit for print.
 # %matplotlib inline
+plt.rcParams['figure.dpi'] = plotting.DPI
 print(jax.default_backend(), jax.local_device_count(), 'device(s)')
 
 # %% [markdown]
@@ -118,10 +127,10 @@ run = train.train_and_evaluate(config, workdir)
 trained_params = run['state'].params
 train_log = run['train']
 
-plt.figure(figsize=(5, 2.5))
-plt.plot([r['step'] for r in train_log], [r['loss'] for r in train_log])
-plt.xlabel('step')
-plt.ylabel('training loss')
+fig, ax = plt.subplots(figsize=(5, 2.5))
+ax.plot([r['step'] for r in train_log], [r['loss'] for r in train_log])
+ax.set_xlabel('SGD step')
+plots.loss_axis(ax, [r['loss'] for r in train_log])  # from 0: no zoom on noise
 plt.show()
 
 # %% [markdown]
@@ -195,11 +204,18 @@ print(f'lambda_max = {exact[-1]:.6f}, lambda_min = {exact[0]:.6f}, '
 # unit vectors (all draws share each pass over the data) and returns a
 # `SpectrumResult`: Gauss quadrature nodes and weights per draw, from which
 # the density and the estimators come without further products.
+#
+# `keep_vecs=True` keeps each draw's Lanczos basis (`NUM_DRAWS x ORDER`
+# vectors of `num_params`). The trace needs them: each draw's `v^T H v`
+# alone (Hutchinson's estimate) is noisy, dominated by the few outliers;
+# with the bases kept, the outliers the other draws' Krylov spaces have
+# found are summed exactly and only the rest is estimated (the deflated
+# trace), with a standard error from the spread over draws.
 
 # %%
 start = time.perf_counter()
 result = sd.slq(hvp_fn, num_params, order=ORDER, num_draws=NUM_DRAWS,
-                rng_key=jax.random.key(0))
+                rng_key=jax.random.key(0), keep_vecs=True)
 print(f'SLQ, order {ORDER}, {NUM_DRAWS} draws: '
       f'{time.perf_counter() - start:.1f} s '
       f'({ORDER} products over {NUM_EXAMPLES} examples)\n')
@@ -208,7 +224,8 @@ for k, (e, s) in enumerate(zip(exact[::-1][:5], result.top_eigenvalues(5))):
   print(f'{k + 1:2d}   {e:.9f}   {s:.9f}')
 print(f'\nlambda_min: exact {exact[0]:.6f}, SLQ {result.lambda_min:.6f}')
 print(f'trace:      exact {exact.sum():.4f}, SLQ {result.trace:.4f} '
-      '(Hutchinson: a noisy estimate)')
+      f'+- {result.trace_stderr:.4f} (deflated; relative error '
+      f'{abs(result.trace / exact.sum() - 1):.1e})')
 
 # %% [markdown]
 # The extreme eigenvalues are Ritz values, exact to the last digits: Lanczos
@@ -223,7 +240,8 @@ grid = np.linspace(exact[0] - 0.02 * width, exact[-1] + 0.02 * width, 20001)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 for ax in axes:
   plotting.plot_spectrum(result, grid=grid, sigma=1e-3 * width, exact=exact,
-                         ax=ax, label=f'SLQ, order {ORDER}, {NUM_DRAWS} draws')
+                         ax=ax, label=f'SLQ, order {ORDER}, {NUM_DRAWS} draws',
+                         num_examples=NUM_EXAMPLES)
 axes[0].set_title('whole spectrum: the bulk near 0 and a few outliers')
 axes[1].set_xlim(exact[0] - 0.01 * width, 0.1 * width)
 axes[1].set_title('zoom on the bulk')
@@ -274,25 +292,34 @@ fig, axes = plt.subplots(1, 3, figsize=(16, 4.3), sharey=True)
 for ax, (title, curves) in zip(
     axes, ((f'order ({NUM_DRAWS} draws, sigma = 1e-3 x range)', by_order),
            (f'draws (order {ORDER}, sigma = 1e-3 x range)', by_draws))):
-  for label, (nodes, weights) in curves.items():
+  for style, (label, (nodes, weights)) in zip(plotting.LINE_STYLES,
+                                              curves.items()):
     density = smoothed(nodes, weights, SIGMA)
     knobs[label] = l1(density, reference)
-    plotting.plot_density(grid, density, ax=ax,
+    plotting.plot_density(grid, density, ax=ax, linestyle=style,
                           label=f'{label}: L1 {knobs[label]:.2g}')
-  plotting.plot_density(grid, reference, ax=ax, color='black',
-                        linestyle='--', linewidth=1, label='exact')
+  plotting.plot_density(grid, reference, ax=ax, label='exact',
+                        **plotting.EXACT_STYLE)
   ax.set_title(title)
-for factor in FACTORS:
+plotting.annotate_density(axes[0], SIGMA, num_draws=NUM_DRAWS,
+                          num_examples=NUM_EXAMPLES)
+plotting.annotate_density(axes[1], SIGMA, order=ORDER,
+                          num_examples=NUM_EXAMPLES)
+plotting.annotate_density(axes[2], None, order=ORDER, num_draws=NUM_DRAWS,
+                          num_examples=NUM_EXAMPLES)
+for style, factor in zip(plotting.LINE_STYLES, FACTORS):
   density = smoothed(result.nodes, result.weights, factor * width)
   reference_sigma = sd.exact_density(exact, grid, factor * width)
   knobs[f'sigma {factor:g}'] = l1(density, reference_sigma)
   # Narrow kernels drawn first, so that the smooth curves stay visible.
-  axes[2].plot(grid, np.maximum(density, plotting.LOG_FLOOR),
+  axes[2].plot(grid, np.maximum(density, plotting.LOG_FLOOR), linestyle=style,
                label=f'sigma {factor:g} x range: L1 '
                f'{knobs[f"sigma {factor:g}"]:.2g}')
-  axes[2].plot(grid, np.maximum(reference_sigma, plotting.LOG_FLOOR), '--',
-               color='black', linewidth=0.8)
+  axes[2].plot(grid, np.maximum(reference_sigma, plotting.LOG_FLOOR),
+               **plotting.EXACT_STYLE)
 axes[2].set_xlabel('eigenvalue')
+axes[2].set_ylabel('density')
+axes[2].yaxis.set_tick_params(labelleft=True)
 axes[2].legend()
 axes[2].set_title(f'smoothing width (order {ORDER}, {NUM_DRAWS} draws)')
 # The bulk and the smaller outliers; the largest ones lie further right.
@@ -323,6 +350,9 @@ summary = {
     'slq_lambda_min': result.lambda_min,
     'exact_top5': exact[::-1][:5].tolist(),
     'slq_top5': result.top_eigenvalues(5).tolist(),
+    'exact_trace': float(exact.sum()),
+    'slq_trace': result.trace,
+    'slq_trace_stderr': result.trace_stderr,
     'l1': knobs,
 }
 summary

@@ -3,19 +3,31 @@
 Each notebook is written as a jupytext percent script, colab/NAME.py (review
 and edit that), paired with colab/NAME.ipynb (what Colab and GitHub show):
 
+  python colab/run_notebooks.py --address   # REPOSITORY into every badge
+                                            # and install cell
   jupytext --sync colab/NAME.py        # the .ipynb's cells from the script
-  SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1 python colab/run_notebooks.py [NAME ...]
-      # runs them from the repository root, reduced, and stores the outputs
-      # in colab/NAME.ipynb (how the committed notebooks were made)
+  python colab/run_notebooks.py [NAME ...]
+      # runs them from the repository root at their default sizes and stores
+      # the outputs in colab/NAME.ipynb (how the committed notebooks were
+      # made), with the SHA-256 of colab/NAME.py and the run's wall time in
+      # the notebook's metadata (`SOURCE_KEY`): tests/test_notebooks.py
+      # fails when the stored outputs are older than the script
   python colab/run_notebooks.py --figures NAME
-      # full size; also saves the figure of the cell tagged `readme-figure`
-      # as docs/figures/NAME.png (the README's)
+      # also saves the figure of the cell tagged `readme-figure` as
+      # docs/figures/NAME.png (the README's)
+
+The reduced (smoke) run, SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1, is the tests';
+this script refuses to store its outputs.
 """
 
 import argparse
 import base64
+import datetime
+import hashlib
 import os
 import pathlib
+import platform
+import re
 import time
 
 import jupytext
@@ -25,7 +37,33 @@ COLAB_DIR = pathlib.Path(__file__).resolve().parent
 REPO = COLAB_DIR.parent
 FIGURE_DIR = REPO / 'docs' / 'figures'
 FIGURE_TAG = 'readme-figure'
-NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers')
+NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model',
+             'blocks_error_bars_tracking')
+# The repository's address: the one place it is written. Every notebook's
+# "Open in Colab" badge and install cell use it (`--address` writes it into
+# them; tests/test_notebooks.py checks).
+REPOSITORY = 'https://github.com/spectral-density/spectral_density'
+SOURCE_KEY = 'spectral_density'    # notebook metadata: what made the outputs
+SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
+# A GitHub repository address of this project, as badges and pip write it.
+_ADDRESS = re.compile(r'(github\.com|colab\.research\.google\.com/github)/'
+                      r'[\w.-]+/spectral_density')
+
+
+def source_hash(name):
+  """SHA-256 of colab/NAME.py: the source the stored outputs come from."""
+  return hashlib.sha256((COLAB_DIR / f'{name}.py').read_bytes()).hexdigest()
+
+
+def addresses(text):
+  """Every ``.../OWNER/spectral_density`` address in `text`, as written."""
+  return [m.group(0) for m in _ADDRESS.finditer(text)]
+
+
+def with_address(text):
+  """`text` with each project address pointing at `REPOSITORY`."""
+  path = REPOSITORY.removeprefix('https://github.com/')
+  return _ADDRESS.sub(lambda m: f'{m.group(1)}/{path}', text)
 
 
 def execute(notebook, timeout_s):
@@ -72,23 +110,47 @@ def figure_png(notebook):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('names', nargs='*', default=list(NOTEBOOKS),
-                      choices=NOTEBOOKS, metavar='NAME',
+  parser.add_argument('names', nargs='*', metavar='NAME',
                       help=f'notebooks to run, of {NOTEBOOKS}')
   parser.add_argument('--figures', action='store_true',
                       help='also save docs/figures/NAME.png')
   parser.add_argument('--timeout_s', type=int, default=3600,
                       help='per-cell timeout')
+  parser.add_argument('--address', action='store_true',
+                      help=f'write {REPOSITORY} into every notebook script '
+                      'and stop (then jupytext --sync them)')
   args = parser.parse_args()
+  for name in args.names:
+    if name not in NOTEBOOKS:
+      parser.error(f'NAME: {name!r} is not one of {NOTEBOOKS}.')
+  if args.address:
+    for name in NOTEBOOKS:
+      path = COLAB_DIR / f'{name}.py'
+      path.write_text(with_address(path.read_text()))
+    return
+  if os.environ.get(SMOKE_ENV) == '1':
+    parser.error(f'{SMOKE_ENV}=1: the stored outputs must come from the '
+                 'default run, not the reduced one.')
   # The kernel imports this checkout's packages (configs/, experiments/).
   os.environ['PYTHONPATH'] = os.pathsep.join(
       [str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-  for name in args.names:
+  for name in args.names or NOTEBOOKS:
+    digest = source_hash(name)
     start = time.perf_counter()
     notebook = tidy(execute(jupytext.read(COLAB_DIR / f'{name}.py'),
                             args.timeout_s))
+    seconds = time.perf_counter() - start
+    notebook.metadata[SOURCE_KEY] = {
+        'source_sha256': digest,
+        'run': 'default sizes',
+        'seconds': round(seconds),
+        'date': datetime.date.today().isoformat(),
+        'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores',
+    }
+    if source_hash(name) != digest:
+      raise RuntimeError(f'colab/{name}.py changed while it ran.')
     jupytext.write(notebook, COLAB_DIR / f'{name}.ipynb')
-    print(f'{name}: ran in {time.perf_counter() - start:.0f} s', flush=True)
+    print(f'{name}: ran in {seconds:.0f} s', flush=True)
     if args.figures:
       FIGURE_DIR.mkdir(parents=True, exist_ok=True)
       (FIGURE_DIR / f'{name}.png').write_bytes(figure_png(notebook))

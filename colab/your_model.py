@@ -20,7 +20,7 @@
 # %% [markdown]
 # # The spectrum of your model
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/spectral_density/blob/main/colab/your_model.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/spectral-density/spectral_density/blob/main/colab/your_model.ipynb)
 #
 # `spectral_density` needs three things: a loss `loss(params, batch) ->
 # scalar` (the mean over the batch), the parameters (any pytree of arrays)
@@ -36,18 +36,24 @@
 # 6. the top eigenvectors (Ritz vectors) and what they say.
 #
 # Runs on a CPU, GPU or TPU runtime, in a few minutes on a CPU. The outputs
-# stored with this notebook come from its reduced run
-# (`SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1`: 256 examples, 20 training steps,
-# order 16).
+# stored with this notebook come from its default run, the sizes below (its
+# wall time and machine are in the notebook's metadata, under
+# `spectral_density`).
 
 # %%
-# Colab: install the package from GitHub (OWNER: the repository's owner).
-# Colab's own JAX already runs on the runtime's GPU or TPU, and where the
-# package already imports (a checkout, CI) nothing is installed.
-import importlib.util, os, subprocess, sys  # pylint: disable=multiple-imports
+# Colab: install the package from GitHub, keeping every package the runtime
+# already has at its installed version (JAX for the runtime's GPU or TPU,
+# Flax, optax, NumPy, ...): they go to pip as constraints, so pip adds only
+# what is missing (ml_collections) or stops with an error; it never upgrades
+# them. Where the package already imports (a checkout, CI) nothing happens.
+import importlib.metadata, importlib.util, os, subprocess, sys, tempfile  # pylint: disable=multiple-imports
 if importlib.util.find_spec('spectral_density') is None:
+  with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False) as pins:
+    pins.write('\n'.join(f'{d.metadata["Name"]}=={d.version}'
+                         for d in importlib.metadata.distributions()))
   subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q',
-      'spectral_density[notebook] @ git+https://github.com/OWNER/spectral_density'])
+      '-c', pins.name, 'spectral_density[experiments] @ '
+      'git+https://github.com/spectral-density/spectral_density'])
 
 # %%
 # CI runs the same cells at small sizes.
@@ -81,6 +87,7 @@ from experiments import input_pipeline
 from experiments import models
 from spectral_density import plotting
 
+plt.rcParams['figure.dpi'] = plotting.DPI     # figures fit for print
 raw = input_pipeline.read_embedded_fashion_mnist('train')
 data = {'image': raw['image'][:NUM_EXAMPLES].astype(np.float32) / 255.0,
         'label': raw['label'][:NUM_EXAMPLES]}
@@ -142,7 +149,8 @@ mlp_spectrum = sd.hessian_spectrum(mlp_loss, mlp_params, data,
 print(f'{mlp_spectrum.dim:,} parameters, SLQ in '
       f'{time.perf_counter() - start:.1f} s')
 print(mlp_spectrum.summary())
-plotting.plot_spectrum(mlp_spectrum, label='plain-JAX MLP')
+plotting.plot_spectrum(mlp_spectrum, label='plain-JAX MLP',
+                       num_examples=NUM_EXAMPLES)
 plt.title('Hessian spectrum of a plain-JAX MLP')
 plt.show()
 
@@ -224,7 +232,8 @@ eval_mode = sd.slq(hvp_fn, num_params, order=ORDER, num_draws=NUM_DRAWS,
 ax = None
 for name, spectrum in (('train mode (batch statistics)', train_mode),
                        ('eval mode (running averages)', eval_mode)):
-  ax = plotting.plot_spectrum(spectrum, ax=ax, label=name)
+  ax = plotting.plot_spectrum(spectrum, ax=ax, label=name,
+                              num_examples=NUM_EXAMPLES)
   print(f'{name}: lambda_max = {spectrum.lambda_max:.4f}')
 ax.set_title(f'batch-norm CNN ({num_params:,} parameters)')
 plt.show()
@@ -350,10 +359,14 @@ views = (  # (grid, sigma): the whole spectrum, then a close-up of 0
      3e-3 * (hi - lo)),
     (np.linspace(-1.5 * negative, 3 * negative, 5000), negative / 20))
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-for name, spectrum in by_curvature.items():
+for style, (name, spectrum) in zip(plotting.LINE_STYLES,
+                                   by_curvature.items()):
   for ax, (grid, sigma) in zip(axes, views):
     density, _ = spectrum.density(grid, sigma, normalize=False)
-    plotting.plot_density(grid, density, ax=ax, label=name)
+    plotting.plot_density(grid, density, ax=ax, label=name, linestyle=style)
+    plotting.annotate_density(ax, sigma, order=spectrum.order,
+                              num_draws=spectrum.num_draws,
+                              num_examples=NUM_EXAMPLES)
 axes[0].set_title(f'the same CNN, {NUM_EXAMPLES} examples')
 axes[1].set_title('close to 0: only the Hessian has negative eigenvalues')
 plt.tight_layout()
@@ -399,6 +412,7 @@ for layer, share in layers.items():
   ax.bar([f'v{i + 1}' for i in range(TOP_K)], share, bottom=bottom,
          label=layer)
   bottom += share
+ax.set_xlabel('Ritz vector of the i-th largest Ritz value')
 ax.set_ylabel('share of squared norm')
 ax.set_title('where the top Hessian eigenvectors live')
 ax.legend(loc='center left', bbox_to_anchor=(1, 0.5))

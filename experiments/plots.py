@@ -72,7 +72,7 @@ def density_grid(low, high, sigma, grid_len=GRID_LEN):
   return np.linspace(low - margin, high + margin, grid_len)
 
 
-def plot_snapshot(result, path, *, exact=None, title=None):
+def plot_snapshot(result, path, *, exact=None, title=None, num_examples=None):
   """One snapshot's density (with the exact density when given)."""
   low, high = _support(result)
   if exact is not None:
@@ -83,30 +83,40 @@ def plot_snapshot(result, path, *, exact=None, title=None):
   plotting.plot_spectrum(result, grid=grid, sigma=sigma, exact=exact, ax=ax,
                          label=f'SLQ (order {result.order}, '
                                f'{result.num_draws} draw'
-                               f'{"s" if result.num_draws > 1 else ""})')
+                               f'{"s" if result.num_draws > 1 else ""})',
+                         num_examples=num_examples)
   ax.set_title(title or '')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
 
 
 def plot_snapshots_overlaid(spectra, path, *, title='Hessian spectrum during '
-                            'training'):
+                            'training', num_examples=None):
   """Every snapshot's density on one log-scale axis, a colour per step."""
   supports = [_support(r) for r in spectra.values()]
   low = min(s[0] for s in supports)
   high = max(s[1] for s in supports)
   sigma = kernel_sigma(low, high)
   grid = density_grid(low, high, sigma)
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=plotting.DPI)
   colours = plt.cm.viridis(np.linspace(0, 0.9, len(spectra)))
-  for colour, (step, result) in zip(colours, sorted(spectra.items())):
+  styles = plotting.LINE_STYLES
+  for i, (colour, (step, result)) in enumerate(
+      zip(colours, sorted(spectra.items()))):
     density, _ = result.density(grid, sigma)
     plotting.plot_density(grid, density, ax=ax, label=f'step {step}',
-                          color=colour, linewidth=1)
+                          color=colour, linewidth=1,
+                          linestyle=styles[i % len(styles)])
+  orders = {r.order for r in spectra.values()}
+  draws = {r.num_draws for r in spectra.values()}
+  plotting.annotate_density(
+      ax, sigma, order=orders.pop() if len(orders) == 1 else None,
+      num_draws=draws.pop() if len(draws) == 1 else None,
+      num_examples=num_examples)
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
 
 
@@ -131,6 +141,8 @@ def plot_curvature_over_training(records, path, lr_drops=()):
   lambda_max = [r['lambda_max'] for r in records]
   if min(lambda_max) > 0 and max(lambda_max) > 10 * min(lambda_max):
     axes[0].set_yscale('log')
+  elif min(lambda_max) > 0:
+    axes[0].set_ylim(bottom=0)     # from 0: small changes look small
   axes[0].set_ylabel(r'$\lambda_{max}$')
   axes[0].set_title('largest Hessian eigenvalue')
   axes[1].plot(steps, [r['gradient_concentration'] for r in records], 'o-',
@@ -149,6 +161,7 @@ def plot_curvature_over_training(records, path, lr_drops=()):
                [r['gradient_fraction_previous'] for r in tracked], 's--',
                label='gradient in previous top-k space')
   axes[2].set_ylim(-0.02, 1.02)
+  axes[2].set_ylabel('fraction')
   axes[2].set_title(f'top-{k} eigenspace over training')
   axes[2].legend(fontsize=8)
   _mark_drops(axes, lr_drops)
@@ -158,11 +171,12 @@ def plot_curvature_over_training(records, path, lr_drops=()):
   if lr_drops:
     axes[0].legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
 
 
-def plot_exact_vs_slq(result, eigenvalues, path, *, step=None):
+def plot_exact_vs_slq(result, eigenvalues, path, *, step=None,
+                      num_examples=None):
   """The paper's accuracy figure: exact density against the SLQ estimate.
 
   Left: the whole spectrum; right: the bulk around 0. Same kernel for both.
@@ -175,26 +189,38 @@ def plot_exact_vs_slq(result, eigenvalues, path, *, step=None):
   label = f'SLQ, order {result.order}'
   for ax in axes:
     plotting.plot_spectrum(result, grid=grid, sigma=sigma, exact=eigenvalues,
-                           ax=ax, label=label)
+                           ax=ax, label=label, num_examples=num_examples)
   width = high - low
   axes[1].set_xlim(min(low, 0) - 5 * sigma, 0.1 * width)
   where = '' if step is None else f' at step {step}'
   axes[0].set_title(f'exact vs SLQ{where} ({eigenvalues.size:,} parameters)')
   axes[1].set_title('near 0')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
 
 
+def loss_axis(ax, losses):
+  """A training-loss y axis that shows the trend, not the noise: log scale
+  when the losses span more than a decade, else linear from 0."""
+  losses = np.asarray(losses, float)
+  losses = losses[np.isfinite(losses)]
+  if losses.size and losses.min() > 0 and losses.max() > 10 * losses.min():
+    ax.set_yscale('log')
+  elif losses.size and losses.min() >= 0:
+    ax.set_ylim(0, 1.05 * losses.max())
+  ax.set_ylabel('training loss')
+
+
 def plot_training_loss(train, evals, path, lr_drops=()):
-  """Training loss (log scale) and test accuracy against the step."""
+  """Training loss and test accuracy (from 0 to 1) against the step."""
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   axes[0].plot([r['step'] for r in train], [r['loss'] for r in train])
-  axes[0].set_yscale('log')
-  axes[0].set_ylabel('training loss')
+  loss_axis(axes[0], [r['loss'] for r in train])
   if evals:
     axes[1].plot([r['step'] for r in evals], [r['accuracy'] for r in evals],
                  'o-')
+  axes[1].set_ylim(0, 1)
   axes[1].set_ylabel('test accuracy')
   _mark_drops(axes, lr_drops)
   if lr_drops:
@@ -203,7 +229,7 @@ def plot_training_loss(train, evals, path, lr_drops=()):
     ax.set_xlabel('training step')
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
 
 
@@ -224,19 +250,25 @@ def write_all(workdir):
     paths.append(wd.plot_path(workdir, name))
     return paths[-1]
 
+  examples = {r['step']: r.get('num_examples') for r in run['snapshots']}
   for step, result in sorted(run['spectra'].items()):
     plot_snapshot(result, path(wd.density_plot_name(step)),
                   exact=run['exact'].get(step),
-                  title=f'Hessian spectrum at step {step}')
+                  title=f'Hessian spectrum at step {step}',
+                  num_examples=examples.get(step))
   if run['spectra']:
-    plot_snapshots_overlaid(run['spectra'], path('densities.png'))
+    counts = set(examples.values())
+    plot_snapshots_overlaid(run['spectra'], path('densities.png'),
+                            num_examples=counts.pop() if len(counts) == 1
+                            else None)
   if run['snapshots']:
     plot_curvature_over_training(run['snapshots'], path('curvature.png'),
                                  lr_drop_steps(run))
   if run['exact']:
     step = max(run['exact'])
     plot_exact_vs_slq(run['spectra'][step], run['exact'][step],
-                      path('exact_vs_slq.png'), step=step)
+                      path('exact_vs_slq.png'), step=step,
+                      num_examples=examples.get(step))
   if run['train']:
     plot_training_loss(run['train'], run['eval'], path('training.png'),
                        lr_drop_steps(run))
@@ -313,13 +345,14 @@ def plot_training_loss_variants(workdirs, labels, path):
             [r['loss'] for r in run['train']], label=label)
     drops.update(lr_drop_steps(run))
   _mark_drops([ax], sorted(drops))
-  ax.set_yscale('log')
+  loss_axis(ax, [line_y for line in ax.get_lines()
+                 for line_y in line.get_ydata()
+                 if line.get_label() in labels])
   ax.set_xlabel('training step')
-  ax.set_ylabel('training loss')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
 
 
@@ -340,10 +373,15 @@ def plot_spectra_side_by_side(workdirs, labels, path, step=None):
     sigma = kernel_sigma(low, high)
     density, grid = result.density(density_grid(low, high, sigma), sigma)
     plotting.plot_density(grid, density, ax=ax)
+    examples = [r.get('num_examples') for r in run['snapshots']
+                if r['step'] == step]
+    plotting.annotate_density(ax, sigma, order=result.order,
+                              num_draws=result.num_draws,
+                              num_examples=examples[0] if examples else None)
     ax.set_title(f'{label}: λ_max {result.lambda_max:.3g}')
   fig.suptitle(f'Hessian spectra at step {step}')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=plotting.DPI)
   plt.close(fig)
   return step
 

@@ -24,9 +24,11 @@ import dataclasses
 import functools
 import inspect
 import json
-from typing import Optional
+import os
+from typing import Any, Optional
 
 import jax
+from jax import flatten_util
 import numpy as np
 from scipy import special
 
@@ -50,6 +52,12 @@ class SpectrumResult:
     num_steps: ``[num_draws]`` valid Lanczos steps (``order`` unless breakdown).
     dim: operator size ``n``.
     vecs: ``[num_draws, order, dim]`` Lanczos bases, or None.
+    params_like: the parameter pytree's structure (leaves
+      `jax.ShapeDtypeStruct`) when the operator is a model's curvature
+      (`hessian_spectrum` keeps it), else None; lets `ritz_vectors` and
+      `subspace_fraction` give and take parameter pytrees. Not saved.
+
+  Two results compare equal (``==``) when their arrays are equal.
   """
   tridiag: np.ndarray
   nodes: np.ndarray
@@ -57,6 +65,8 @@ class SpectrumResult:
   num_steps: np.ndarray
   dim: int
   vecs: Optional[np.ndarray] = None
+  params_like: Optional[Any] = dataclasses.field(
+      default=None, repr=False, compare=False, metadata={'saved': False})
 
   def __post_init__(self):
     self.dim = arguments.positive_int('dim', self.dim)
@@ -73,6 +83,14 @@ class SpectrumResult:
         raise ValueError(f'{name}: must have shape {shape} (from tridiag), '
                          f'got {value.shape}.')
       setattr(self, name, value)
+
+  def __eq__(self, other):
+    # The generated __eq__ compares tuples of arrays, whose truth value
+    # raises; fields are compared as arrays here.
+    if other.__class__ is not self.__class__:
+      return NotImplemented
+    return all(_same(getattr(self, f.name), getattr(other, f.name))
+               for f in dataclasses.fields(self) if f.compare)
 
   @classmethod
   def from_lanczos(cls, result, dim):
@@ -147,13 +165,16 @@ class SpectrumResult:
       mass = np.sum(self.weights * special.ndtr(-self.nodes / sigma), axis=1)
     return float(np.mean(mass))
 
-  def ritz_vectors(self, k, draw=None):
+  def ritz_vectors(self, k, draw=None, *, pytree=False):
     """``[k, dim]`` unit Ritz vectors of the k largest Ritz values.
 
     Args:
       k: number of vectors.
       draw: which draw's basis; default the draw whose top Ritz value is
         largest.
+      pytree: give the vectors as one parameter pytree whose leaves have a
+        leading axis ``[k, *leaf.shape]`` (needs `params_like`, which
+        `hessian_spectrum` keeps); default a ``[k, dim]`` array.
     """
     if self.vecs is None:
       raise ValueError('ritz_vectors needs the Lanczos basis: run with '
@@ -169,14 +190,40 @@ class SpectrumResult:
     _, s = np.linalg.eigh(self.tridiag[draw, :steps, :steps])
     top = s[:, ::-1][:, :k]
     vectors = top.T @ np.asarray(self.vecs[draw, :steps], np.float64)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not arguments.boolean('pytree', pytree):
+      return vectors
+    flat_like, unravel = self._unravel('pytree')
+    return jax.vmap(unravel)(vectors.astype(flat_like.dtype))
+
+  def _unravel(self, name):
+    """``(flat zeros [dim], unravel)`` of `params_like`."""
+    if self.params_like is None:
+      raise ValueError(f'{name}: this result does not know the parameter '
+                       'structure (it comes from slq or load); use flat '
+                       '[dim] vectors, or set params_like.')
+    return flatten_util.ravel_pytree(jax.tree.map(
+        lambda s: np.zeros(s.shape, s.dtype), self.params_like))
 
   def subspace_fraction(self, vector, k):
     """``||P_k g||^2 / ||g||^2`` for the span of the top-k Ritz vectors.
 
     With `vector` the full-batch gradient this is the paper's gradient
     concentration in the outlier eigenspace.
+
+    Args:
+      vector: ``[dim]`` flat vector, or a parameter pytree (raveled in
+        `jax.flatten_util.ravel_pytree` order, the order of `get_hvp_fn`).
+      k: number of top Ritz vectors spanning the subspace.
     """
+    if not isinstance(vector, (np.ndarray, jax.Array)):
+      if self.params_like is not None:
+        expected = jax.tree.structure(self.params_like)
+        if jax.tree.structure(vector) != expected:
+          raise ValueError(f'vector: a pytree of structure '
+                           f'{jax.tree.structure(vector)}, not the '
+                           f'parameters\' {expected}.')
+      vector, _ = flatten_util.ravel_pytree(vector)
     g = arguments.real_array('vector', vector, (1,))
     if g.shape != (self.dim,):
       raise ValueError(f'vector: must have shape ({self.dim},), got '
@@ -292,21 +339,50 @@ class SpectrumResult:
     }
 
   def save(self, path):
-    """Writes an `.npz` (arrays) readable by `SpectrumResult.load`."""
+    """Writes the arrays to `path` as `.npz`, readable by `load(path)`.
+
+    Like `numpy.savez`, adds ``.npz`` to a name without it; `load` does the
+    same, so ``save('x')`` and ``load('x')`` name one file, ``x.npz``.
+
+    Returns:
+      The file name written.
+    """
+    path = _npz_path(path)
     arrays = {f.name: getattr(self, f.name)
               for f in dataclasses.fields(self)
-              if getattr(self, f.name) is not None}
+              if f.metadata.get('saved', True) and
+              getattr(self, f.name) is not None}
     np.savez(path, **arrays)
+    return path
 
   @classmethod
   def load(cls, path):
-    with np.load(path) as f:
+    """The result `save(path)` wrote (``.npz`` added as `save` adds it)."""
+    with np.load(_npz_path(path)) as f:
       kw = {k: f[k] for k in f.files}
     kw['dim'] = int(kw['dim'])
     return cls(**kw)
 
   def to_json(self, k=10):
     return json.dumps(self.summary(k))
+
+
+def _npz_path(path):
+  """`path` as `numpy.savez` names the file: ``.npz`` appended if missing."""
+  if isinstance(path, (str, os.PathLike)):
+    path = os.fspath(path)
+    return path if path.endswith('.npz') else path + '.npz'
+  return path  # an open file
+
+
+def _same(a, b):
+  """Field equality, arrays compared elementwise (shapes must agree)."""
+  if a is None or b is None:
+    return a is b
+  if isinstance(a, (np.ndarray, jax.Array)) or isinstance(
+      b, (np.ndarray, jax.Array)):
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+  return a == b
 
 
 def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
@@ -369,5 +445,11 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
   lanczos_kwargs = {k: v for k, v in kwargs.items() if k not in operator_names}
   hvp_fn, _, num_params = operators.get_hvp_fn(loss, params, dataset,
                                                **operator_kwargs)
-  return slq(hvp_fn, num_params, order=order, num_draws=num_draws,
-             rng_key=rng_key, **lanczos_kwargs)
+  result = slq(hvp_fn, num_params, order=order, num_draws=num_draws,
+               rng_key=rng_key, **lanczos_kwargs)
+  # Kept so that Ritz vectors and gradients can be parameter pytrees.
+  result.params_like = jax.tree.map(
+      lambda p: jax.ShapeDtypeStruct(
+          np.shape(p), getattr(p, 'dtype', None) or np.result_type(p)),
+      params)
+  return result

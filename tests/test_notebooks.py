@@ -17,6 +17,10 @@ import importlib.util
 import json
 import os
 import pathlib
+import runpy
+
+from packaging import requirements
+from packaging import utils as packaging_utils
 
 import pytest
 
@@ -31,7 +35,8 @@ SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
 CELL_TIMEOUT_S = 1800
 FIGURE_TAG = 'readme-figure'
 SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
-NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers')
+NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model',
+             'blocks_error_bars_tracking')
 MAX_NOTEBOOK_BYTES = 1_000_000
 
 
@@ -102,11 +107,59 @@ def test_committed_notebook_is_its_script_with_outputs(name):
   assert committed.metadata['jupytext']['formats'] == 'ipynb,py:percent'
   assert cells(committed) == cells(script), (
       f'colab/{name}.ipynb is stale: run jupytext --sync colab/{name}.py')
-  code_cells = [c for c in committed.cells if c.cell_type == 'code']
-  assert 'github.com/OWNER/spectral_density' in code_cells[0].source
+  runner = load_runner()
+  assert runner.NOTEBOOKS == NOTEBOOKS
+  # The stored outputs are those of the default run of this very script.
+  made = committed.metadata.get(runner.SOURCE_KEY, {})
+  assert made.get('source_sha256') == runner.source_hash(name), (
+      f'colab/{name}.ipynb holds outputs of an older colab/{name}.py: run '
+      f'python colab/run_notebooks.py {name}')
+  assert made['run'] == 'default sizes' and made['seconds'] > 0
+  # One address, the runner's, in the badge and the install cell.
+  repository = runner.REPOSITORY.removeprefix('https://github.com/')
+  badge = (f'https://colab.research.google.com/github/{repository}/blob/main/'
+           f'colab/{name}.ipynb')
+  assert badge in committed.cells[0].source
+  install = next(c for c in committed.cells if c.cell_type == 'code')
+  assert f"'git+{runner.REPOSITORY}'" in install.source
+  for text in (script_path.read_text(), notebook_path.read_text()):
+    assert set(runner.addresses(text)) <= {
+        f'github.com/{repository}', f'colab.research.google.com/github/'
+        f'{repository}'}
+    assert 'OWNER' not in text
   # It reads on GitHub before anyone runs it: the figure is stored.
   assert figure_pngs(committed)
   assert notebook_path.stat().st_size < MAX_NOTEBOOK_BYTES
+
+
+# What a fresh Colab runtime ships, of the packages the install cell needs
+# (googlecolab/backend-info, pip-freeze.gpu.txt, June 2026; Python 3.12).
+COLAB_VERSIONS = {
+    'jax': '0.7.2', 'flax': '0.11.2', 'optax': '0.2.8',
+    'orbax-checkpoint': '0.12.0', 'grain': '0.2.17', 'numpy': '2.0.2',
+    'scipy': '1.16.3', 'matplotlib': '3.10.0', 'absl-py': '1.4.0',
+    'pillow': '11.3.0', 'tqdm': '4.67.3',
+}
+
+
+def test_the_colab_install_keeps_the_runtime_packages(monkeypatch):
+  import setuptools
+  setup = {}
+  monkeypatch.setattr(setuptools, 'setup', lambda **kw: setup.update(kw))
+  monkeypatch.chdir(REPO)
+  runpy.run_path(str(REPO / 'setup.py'))
+  needed = setup['install_requires'] + setup['extras_require']['experiments']
+  for requirement in map(requirements.Requirement, needed):
+    name = packaging_utils.canonicalize_name(requirement.name)
+    if name in COLAB_VERSIONS:   # pip must not need to upgrade it there
+      assert requirement.specifier.contains(COLAB_VERSIONS[name]), (
+          requirement, COLAB_VERSIONS[name])
+  for name in NOTEBOOKS:
+    install = next(c for c in jupytext.read(REPO / 'colab' / f'{name}.py')
+                   .cells if c.cell_type == 'code').source
+    # Every installed distribution goes to pip as a constraint.
+    assert "'-c', pins.name" in install and 'distributions()' in install
+    assert "'spectral_density[experiments] @ '" in install
 
 
 def test_quickstart_slq_matches_the_exact_spectrum(monkeypatch):
@@ -118,6 +171,11 @@ def test_quickstart_slq_matches_the_exact_spectrum(monkeypatch):
   assert slq == pytest.approx(exact, rel=1e-4)
   assert summary['slq_lambda_min'] == pytest.approx(
       summary['exact_lambda_min'], rel=1e-3)
+  # The printed trace is the deflated one, within 3 standard errors (and
+  # 1%) of the exact trace.
+  error = abs(summary['slq_trace'] - summary['exact_trace'])
+  assert error < 3 * summary['slq_trace_stderr']
+  assert error < 1e-2 * summary['exact_trace']
   l1 = summary['l1']
   # A higher order and a wider kernel bring the estimate closer to the truth.
   assert l1['order 90'] < l1['order 10']
@@ -158,8 +216,8 @@ def test_your_model_paths_agree(monkeypatch):
   assert 0 <= summary['gradient_fraction'] <= 1
 
 
-def test_beyond_peers_blocks_bands_and_tracking(monkeypatch):
-  notebook, summary = run_notebook('beyond_peers', monkeypatch)
+def test_blocks_error_bars_tracking(monkeypatch):
+  notebook, summary = run_notebook('blocks_error_bars_tracking', monkeypatch)
   assert figure_pngs(notebook)
   assert summary['resnet'] == 'resnet8'       # the reduced run
   for norm in ('none', 'batch'):

@@ -12,11 +12,13 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from experiments import compare
 from experiments import plots
 from experiments import workdir as wd
 import spectral_density as sd
+from spectral_density import plotting
 
 EIGENVALUES = np.array([-0.5, 0.0, 0.25, 1.0, 2.0, 3.0, 4.0, 9.0])
 
@@ -159,3 +161,77 @@ def test_compare_writes_its_three_files_and_refuses_other_directories(
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='has no train_metrics.jsonl'):
     compare.compare([a, str(tmp_path / 'empty')], None, out)
+
+
+def _kept_figures(monkeypatch):
+  """The figures `experiments.plots` draws, kept when it closes them."""
+  figures = []
+  close = plots.plt.close
+
+  def keep(fig=None):
+    figures.append(fig)
+    close(fig)
+
+  monkeypatch.setattr(plots.plt, 'close', keep)
+  return figures
+
+
+def _caption(ax):
+  texts = [t.get_text() for t in ax.texts
+           if t.get_gid() == plotting.CAPTION_GID]
+  return texts[0] if texts else None
+
+
+def test_every_figure_is_labelled_captioned_and_printable(tmp_path,
+                                                           monkeypatch):
+  from PIL import Image
+  figures = _kept_figures(monkeypatch)
+  paths = plots.write_all(make_run(tmp_path))
+  for path in paths:
+    with Image.open(path) as image:
+      assert image.info['dpi'] == pytest.approx((150, 150), abs=0.1), path
+  by_name = dict(zip((os.path.basename(p) for p in paths), figures))
+  for name, fig in by_name.items():
+    for ax in fig.axes:
+      assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+  # Each density figure states the kernel width (the original rule over the
+  # nodes: sqrt(1e-5 x (9 - -0.5)) at step 0), order, draws and examples.
+  assert _caption(by_name[wd.density_plot_name(0)].axes[0]) == (
+      f'kernel sigma {np.sqrt(1e-5 * 9.5):.2g} · order 8 · 2 draws · '
+      '100 examples')
+  for name in ('densities.png', 'exact_vs_slq.png', wd.density_plot_name(10)):
+    for ax in by_name[name].axes:
+      assert _caption(ax).endswith('order 8 · 2 draws · 100 examples'), name
+  # Exact and estimate differ in line style, not only in colour.
+  for ax in by_name['exact_vs_slq.png'].axes:
+    styles = {line.get_label(): line.get_linestyle() for line in ax.lines}
+    assert styles['SLQ, order 8'] == '-' and styles['exact'] not in ('-', '')
+  overlaid = [line.get_linestyle() for line in
+              by_name['densities.png'].axes[0].lines]
+  assert len(set(overlaid)) == len(overlaid) == 2
+  # Losses 2.0 and 0.5 (within a decade): a linear axis from 0, not a log
+  # axis zoomed onto them; accuracy on [0, 1].
+  loss_ax, accuracy_ax = by_name['training.png'].axes
+  assert loss_ax.get_yscale() == 'linear' and loss_ax.get_ylim()[0] == 0
+  assert accuracy_ax.get_ylim() == (0, 1)
+
+
+def test_plot_densities_takes_spectra_and_a_width():
+  result = spectrum(1.0)                 # nodes = EIGENVALUES, exactly
+  grid = np.linspace(-2, 11, 2601)
+  exact = sd.exact_density(EIGENVALUES, grid, 0.2)
+  ax = plotting.plot_densities({'SLQ': result, 'exact': (grid, exact)},
+                               sigma=0.2, grid=grid, num_examples=64)
+  slq_line, exact_line = ax.lines
+  # The quadrature smoothed by hand: mean over draws of sum_i w_i N(x; t_i).
+  by_hand = np.mean(np.sum(result.weights[:, None, :] * stats.norm.pdf(
+      grid[None, :, None], result.nodes[:, None, :], 0.2), axis=2), axis=0)
+  np.testing.assert_allclose(slq_line.get_ydata(),
+                             np.maximum(by_hand, plotting.LOG_FLOOR),
+                             rtol=1e-4)
+  assert slq_line.get_linestyle() != exact_line.get_linestyle()
+  assert _caption(ax) == 'kernel sigma 0.2 · order 8 · 2 draws · 64 examples'
+  assert ax.figure.dpi == plotting.DPI
+  with pytest.raises(ValueError, match='^sigma'):
+    plotting.plot_densities({'SLQ': result}, sigma=-1.0)
+  plots.plt.close(ax.figure)

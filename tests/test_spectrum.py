@@ -8,6 +8,7 @@ from scipy import special
 
 import spectral_density as sd
 import toy_problems as tp
+from jax.flatten_util import ravel_pytree
 
 
 @pytest.fixture(scope='module')
@@ -185,3 +186,61 @@ def test_plotting_bad_inputs_name_the_argument():
   for call, error, name in cases:
     with pytest.raises(error, match=rf'^{name}\b'):
       call()
+
+
+def test_results_compare_by_value(problem):
+  *_, res = problem
+  same = sd.SpectrumResult(res.tridiag.copy(), res.nodes.copy(),
+                           res.weights.copy(), res.num_steps.copy(), res.dim,
+                           None if res.vecs is None else res.vecs.copy())
+  assert res == same and not res != same
+  other = sd.SpectrumResult(res.tridiag * 2, res.nodes * 2, res.weights,
+                            res.num_steps, res.dim)
+  assert res != other
+  assert (res == 'a result') is False
+
+
+def test_save_and_load_agree_on_a_name_without_extension(problem, tmp_path):
+  *_, res = problem
+  written = res.save(tmp_path / 'spectrum')
+  assert written == str(tmp_path / 'spectrum.npz')
+  back = sd.SpectrumResult.load(tmp_path / 'spectrum')
+  assert back == res
+  assert sd.SpectrumResult.load(str(tmp_path / 'spectrum.npz')) == res
+
+
+def test_ritz_vectors_and_fractions_as_parameter_pytrees(tmp_path):
+  with jax.enable_x64(True):
+    params = tp.mlp_params(4, 3, 2)
+    data = tp.classification_data(60, 4, 2)
+    res = sd.hessian_spectrum(tp.mlp_loss, params, data, batch_size=30,
+                              order=23, num_draws=1, precision='float64',
+                              keep_vecs=True)
+    hessian = tp.dense_hessian(tp.mlp_loss, params, data)
+    gradient = jax.grad(tp.mlp_loss)(params, data)
+    trees = res.ritz_vectors(3, pytree=True)
+    stacked = np.stack([ravel_pytree(jax.tree.map(lambda x: x[i], trees))[0]
+                        for i in range(3)])
+    flat_gradient, _ = ravel_pytree(gradient)
+  ev, q = np.linalg.eigh(hessian)
+  assert jax.tree.structure(trees) == jax.tree.structure(params)
+  for name, leaf in params.items():
+    assert trees[name].shape == (3,) + leaf.shape
+  flat = res.ritz_vectors(3)
+  np.testing.assert_allclose(stacked, flat, rtol=1e-12)
+  # Against the exact top eigenvectors (up to sign).
+  np.testing.assert_allclose(np.abs(flat @ q[:, ::-1][:, :3]), np.eye(3),
+                             atol=1e-6)
+  top = q[:, ::-1][:, :3]
+  exact_fraction = np.sum((top.T @ flat_gradient) ** 2) / np.sum(
+      flat_gradient ** 2)
+  assert res.subspace_fraction(gradient, 3) == pytest.approx(exact_fraction,
+                                                             rel=1e-6)
+  assert res.subspace_fraction(flat_gradient, 3) == pytest.approx(
+      exact_fraction, rel=1e-6)
+  with pytest.raises(ValueError, match='vector: a pytree of structure'):
+    res.subspace_fraction({'w1': gradient['w1']}, 3)
+  loaded = sd.SpectrumResult.load(res.save(tmp_path / 'mlp'))
+  assert loaded == res and loaded.params_like is None
+  with pytest.raises(ValueError, match='pytree: this result does not know'):
+    loaded.ritz_vectors(2, pytree=True)

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   colab:
-#     name: beyond_peers.ipynb
+#     name: blocks_error_bars_tracking.ipynb
 #     provenance: []
 #   jupytext:
 #     formats: ipynb,py:percent
@@ -18,9 +18,9 @@
 # ---
 
 # %% [markdown]
-# # Beyond the paper: block spectra, error bars, the top eigenspace over training
+# # Block spectra, error bars, and the top eigenspace over training
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/spectral_density/blob/main/colab/beyond_peers.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/spectral-density/spectral_density/blob/main/colab/blocks_error_bars_tracking.ipynb)
 #
 # Three things the Hessian tools are asked for and rarely give, each from
 # the same SLQ runs as the density:
@@ -36,19 +36,24 @@
 #
 # The defaults run on a CPU runtime in a few minutes (ResNet-32 at
 # initialisation on 64 Fashion-MNIST images of 16x16, order 8; a 256-20-10
-# MLP trained for 200 steps: 134 s on a loaded 2-core machine). The outputs stored with this notebook come from
-# its reduced run (`SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1`: **ResNet-8** instead
-# of ResNet-32, 8x8 crops, 32 images, order 4; a 64-20-10 MLP): they show
-# the cells at work, not the full-size picture.
+# MLP trained for 200 steps). The outputs stored with this notebook come
+# from that default run (its wall time and machine are in the notebook's
+# metadata, under `spectral_density`).
 
 # %%
-# Colab: install the package from GitHub (OWNER: the repository's owner).
-# Colab's own JAX already runs on the runtime's GPU or TPU, and where the
-# package already imports (a checkout, CI) nothing is installed.
-import importlib.util, os, subprocess, sys  # pylint: disable=multiple-imports
+# Colab: install the package from GitHub, keeping every package the runtime
+# already has at its installed version (JAX for the runtime's GPU or TPU,
+# Flax, optax, NumPy, ...): they go to pip as constraints, so pip adds only
+# what is missing (ml_collections) or stops with an error; it never upgrades
+# them. Where the package already imports (a checkout, CI) nothing happens.
+import importlib.metadata, importlib.util, os, subprocess, sys, tempfile  # pylint: disable=multiple-imports
 if importlib.util.find_spec('spectral_density') is None:
+  with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False) as pins:
+    pins.write('\n'.join(f'{d.metadata["Name"]}=={d.version}'
+                         for d in importlib.metadata.distributions()))
   subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q',
-      'spectral_density[notebook] @ git+https://github.com/OWNER/spectral_density'])
+      '-c', pins.name, 'spectral_density[experiments] @ '
+      'git+https://github.com/spectral-density/spectral_density'])
 
 # %%
 import time
@@ -62,8 +67,10 @@ import optax
 import spectral_density as sd
 from experiments import datasets
 from experiments import models
+from spectral_density import plotting
 
 # %matplotlib inline
+plt.rcParams['figure.dpi'] = plotting.DPI     # figures fit for print
 
 # CI runs the same cells at small sizes.
 SMOKE = os.environ.get('SPECTRAL_DENSITY_NOTEBOOK_SMOKE') == '1'
@@ -153,7 +160,10 @@ for ax, norm in zip(axes, ('none', 'batch')):
                  for k in block_results[norm]])
   ax.axvline(0, color='gray', lw=0.5)
   ax.set_xlabel('Ritz values of the diagonal block H_bb')
-  ax.set_title(f'{RESNET}, {LABELS[norm]}')
+  ax.set_title(f'{RESNET} at initialisation, {LABELS[norm]}\n'
+               f'order {RESNET_ORDER}, 1 draw, {RESNET_EXAMPLES} examples',
+               fontsize=10)
+axes[0].set_ylabel('block (parameters)')
 plt.tight_layout()
 plt.show()
 
@@ -162,8 +172,9 @@ plt.show()
 # annotated, is a lower bound of the block's `lambda_max`, and the spread
 # of the others shows the block's range). Compare the same block across
 # the two panels (note the different x scales): the network without batch
-# norm starts each residual branch at zero (`experiments.models`), the one
-# with batch norm normalises every stage by the batch's statistics. The
+# norm is a plain ResNet whose residual branches start scaled down by the
+# square root of their number (`experiments.resnets`, norm `'none'`), the
+# one with batch norm normalises every stage by the batch's statistics. The
 # blocks are at initialisation, a `BlockSpectra.distance` needs the full
 # spectrum too (`include_full=True`, one more set of rows in the batch).
 #
@@ -224,12 +235,20 @@ axes[0].fill_between(grid, np.maximum(lower, 1e-7), upper, alpha=0.3,
 axes[0].semilogy(grid, np.maximum(density, 1e-7), label='SLQ density')
 axes[0].set_ylim(1e-5, None)
 axes[0].set_xlabel('eigenvalue')
+axes[0].set_ylabel('density')
 axes[0].legend()
+plotting.annotate_density(axes[0], sigma, order=MLP_ORDER,
+                          num_draws=MLP_DRAWS,
+                          num_examples=len(data['label']))
 axes[1].fill_between(band.grid, band.lower, band.upper, step='post',
                      alpha=0.3, label='90% band (Chen, Trogdon & Ubaru)')
 axes[1].step(band.grid, band.cdf, where='post', label='SLQ CDF')
-axes[1].set_xlabel('eigenvalue')
-axes[1].legend()
+axes[1].set_xlabel('eigenvalue x')
+axes[1].set_ylabel('#{eigenvalues <= x} / n')
+axes[1].legend(loc='lower right')
+plotting.annotate_density(axes[1], None, order=MLP_ORDER,
+                          num_draws=MLP_DRAWS,
+                          num_examples=len(data['label']))
 fig.suptitle(f'MLP at step {max(SNAPSHOT_STEPS)}, order {MLP_ORDER}, '
              f'{MLP_DRAWS} draws')
 plt.tight_layout()
@@ -267,6 +286,7 @@ ax.plot([r['step'] for r in tracking],
         label='gradient in its own space')
 ax.set_ylim(0, 1.05)
 ax.set_xlabel('training step')
+ax.set_ylabel('fraction')
 ax.legend()
 plt.tight_layout()
 plt.show()
