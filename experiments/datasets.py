@@ -343,3 +343,101 @@ def load_dataset(config: Any) -> tuple[Any, Any, DatasetInfo]:
       num_train=data_size(train), num_test=data_size(test))
   return train, test, info
 
+
+
+# --- Text: byte sequences for the language model (experiments/transformer). --
+
+# Directories of the standard library left out of the 'stdlib' corpus: tests
+# (large generated data files) and third-party packages.
+STDLIB_EXCLUDED = ('site-packages', 'dist-packages', 'test', 'tests',
+                   'idle_test', '__pycache__')
+
+
+def stdlib_files(root=None):
+  """The 'stdlib' corpus's files: every ``.py`` file under the Python
+  standard library's directory (`sysconfig`), sorted by relative path, without
+  `STDLIB_EXCLUDED` directories. Present on every machine with Python; it
+  changes with the Python version (reports record it)."""
+  import sysconfig  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(root or sysconfig.get_paths()['stdlib'])
+  return sorted(
+      (p for p in root.rglob('*.py')
+       if not set(p.relative_to(root).parts[:-1]) & set(STDLIB_EXCLUDED)),
+      key=lambda p: p.relative_to(root).as_posix())
+
+
+def byte_sequences(texts, seq_len):
+  """Documents as padded byte sequences.
+
+  Each document (bytes) is cut into pieces of ``seq_len + 1`` bytes
+  overlapping by one (piece j's last byte is piece j + 1's first), so every
+  byte after the first of a document is a target exactly once; a document's
+  last piece is zero-padded.
+
+  Returns:
+    {'tokens': int32 [N, seq_len + 1], 'mask': float32 [N, seq_len]} (mask:
+    target t + 1 is a real byte).
+  """
+  tokens, masks = [], []
+  for text in texts:
+    data = np.frombuffer(text, np.uint8)
+    if data.size < 2:
+      continue
+    pieces = -(-(data.size - 1) // seq_len)                 # ceil
+    padded = np.zeros(pieces * seq_len + 1, np.int32)
+    padded[:data.size] = data
+    starts = np.arange(pieces)[:, None] * seq_len
+    tokens.append(padded[starts + np.arange(seq_len + 1)[None]])
+    targets = starts + 1 + np.arange(seq_len)[None]        # [pieces, T]
+    masks.append((targets < data.size).astype(np.float32))
+  return {'tokens': np.concatenate(tokens), 'mask': np.concatenate(masks)}
+
+
+def _spread(n, k):
+  """k indices spread evenly over range(n) (deterministic)."""
+  if k > n:
+    raise ValueError(f'the corpus has {n} sequences, {k} were asked for.')
+  return np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
+def load_text_dataset(config):
+  """(train, test) byte-sequence sets of `config.dataset` (text schema).
+
+  Fields: name ('stdlib', or 'tfds:<name>' for a TFDS text dataset on pods,
+  e.g. 'tfds:lm1b', with `text_key` its text feature), seq_len, num_train,
+  num_test (None: all), data_dir (TFDS). 'stdlib': the sequences of
+  `stdlib_files` in order; the training set is `num_train` of the first 90%
+  spread evenly, the test set `num_test` of the last 10%.
+  """
+  cfg = config.dataset
+  seq_len = int(cfg.seq_len)
+  if cfg.name == 'stdlib':
+    seqs = byte_sequences((p.read_bytes() for p in stdlib_files()), seq_len)
+    n = len(seqs['mask'])
+    cut = int(0.9 * n)
+    num_train = cfg.get('num_train') or cut
+    num_test = cfg.get('num_test') or n - cut
+    train_ids = _spread(cut, num_train)
+    test_ids = cut + _spread(n - cut, num_test)
+    return ({k: v[train_ids] for k, v in seqs.items()},
+            {k: v[test_ids] for k, v in seqs.items()})
+  if cfg.name.startswith('tfds:'):
+    tfds = image_sources.tfds_module()
+    name, key = cfg.name[len('tfds:'):], cfg.get('text_key') or 'text'
+    out = []
+    for split, num in (('train', cfg.get('num_train')),
+                       ('test', cfg.get('num_test'))):
+      source = tfds.data_source(name, split=split, data_dir=cfg.get('data_dir'),
+                                download=False)
+      texts, count = [], 0
+      for i in range(len(source)):
+        text = source[i][key]
+        texts.append(text if isinstance(text, bytes) else text.encode())
+        count += max(len(texts[-1]) - 1, 0) // seq_len + 1
+        if num and count >= num:
+          break
+      seqs = byte_sequences(texts, seq_len)
+      out.append({k: v[:num] for k, v in seqs.items()} if num else seqs)
+    return tuple(out)
+  raise ValueError(f"dataset.name: a text dataset is 'stdlib' or "
+                   f"'tfds:<name>', got {cfg.name!r}.")

@@ -1,7 +1,14 @@
 """spectral_density: Hessian eigenvalue densities of JAX models by SLQ."""
 
+from spectral_density.blocks import block_densities
+from spectral_density.blocks import block_masks
 from spectral_density.blocks import block_spectra
 from spectral_density.blocks import BlockSpectra
+from spectral_density.blocks import js_distances
+from spectral_density.blocks import mean_js_distance
+from spectral_density.blocks import parameter_paths
+from spectral_density.blocks import per_layer
+from spectral_density.blocks import per_role
 from spectral_density.checks import check_operator
 from spectral_density.checks import OperatorReport
 from spectral_density.density import eigv_to_density
@@ -21,6 +28,9 @@ from spectral_density.lanczos import lanczos_alg
 from spectral_density.lanczos import lanczos_draws
 from spectral_density.lanczos import LanczosResult
 from spectral_density.operators import get_hvp_fn
+from spectral_density.plotting import plot_js_heatmap
+from spectral_density.preconditioning import adam_preconditioner
+from spectral_density.preconditioning import preconditioned
 from spectral_density.spectrum import hessian_spectrum
 from spectral_density.spectrum import slq
 from spectral_density.spectrum import SpectrumResult
@@ -28,6 +38,9 @@ from spectral_density.spectrum import SpectrumResult
 __version__ = '0.1.0'
 
 __all__ = [
+    'adam_preconditioner', 'block_densities', 'block_masks',
+    'js_distances', 'mean_js_distance', 'parameter_paths', 'per_layer',
+    'per_role', 'plot_js_heatmap', 'preconditioned',
     'block_spectra', 'BlockSpectra', 'check_operator', 'OperatorReport',
     'subspace_overlap', 'subspace_tracking', 'trace_estimate',
     'dense_matrix', 'eigv_to_density', 'exact_density', 'exact_eigenvalues',

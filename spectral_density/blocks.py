@@ -17,10 +17,13 @@ Wasserstein-1 distance to the full spectrum measures what block-diagonal
 curvature methods (K-FAC, Shampoo, per-layer learning rates) assume small.
 """
 
+import re
+
 import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from scipy import stats
+from scipy.spatial import distance as scipy_distance
 
 from spectral_density import density
 from spectral_density import lanczos
@@ -30,27 +33,151 @@ from spectral_density import spectrum
 FULL = 'full'
 
 
-def _path_name(path):
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+def _key_name(key):
+  """One path component's plain name: a dict key, a sequence index, an
+  attribute name (Equinox modules, dataclasses) or a flattened index."""
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_name(path):
+  """The name of a `jax.tree_util` key path: its components' plain names
+  joined by ``'/'`` (``'Dense_0/kernel'``, ``'layers/0/weight'``)."""
+  return '/'.join(_key_name(k) for k in path)
 
 
 def parameter_paths(params):
-  """``[(name, size)]`` of the leaves in `ravel_pytree` order, names like
-  ``'Dense_0/kernel'``."""
+  """``[(name, size)]`` of the leaves in `ravel_pytree` order.
+
+  A name joins the plain names of the leaf's path components with ``'/'``:
+  dict keys (Flax: ``'Block_0/attn/query/kernel'``), sequence indices and
+  attribute names (Equinox: ``'layers/0/weight'``, no dots or brackets).
+  These are the strings that rules, regular expressions and prefixes match.
+  """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  return [(_path_name(path), int(np.size(leaf))) for path, leaf in leaves]
+  return [(path_name(path), int(np.size(leaf))) for path, leaf in leaves]
 
 
-def block_masks(params, blocks=None, depth=1):
+# --- Rules: a function of a parameter's path name giving its block's name. ---
+
+def per_leaf(path):
+  """Rule: every parameter array its own block (``'Block_0/attn/query/kernel'``
+  and ``'.../bias'`` apart), as Zhang et al. (2024) cut their blocks."""
+  return path
+
+
+def per_layer(path):
+  """Rule: one block per layer, the module that owns the leaf: the path
+  without its last component (``'Block_0/attn/query/kernel'`` ->
+  ``'Block_0/attn/query'``, kernel and bias together; ``'layers/0/weight'`` ->
+  ``'layers/0'``). A top-level leaf is a block of its own. The default."""
+  parent = path.rsplit('/', 1)[0] if '/' in path else path
+  return parent
+
+
+# Roles of transformer parameters, checked in this order against the path
+# name (case-insensitive `re.search`); the first match names the role. The
+# names cover this project's GPT (experiments/transformer.py), Flax's
+# `MultiHeadDotProductAttention` (query/key/value/out), nanoGPT / GPT-2
+# (wte, wpe, ln_1, c_fc, c_proj) and Llama-style (q_proj, up_proj, down_proj).
+_COMPONENT = r'(?:^|/)(?:{})(?:/|$)'
+ROLE_PATTERNS = (
+    ('norm', _COMPONENT.format(
+        r'ln\w*|\w*norm\w*')),
+    ('embedding', _COMPONENT.format(
+        r'wte|wpe|embed\w*|\w*_embed\w*|\w*embedding\w*')),
+    ('head', _COMPONENT.format(r'head|lm_head|logits|classifier')),
+    ('query', _COMPONENT.format(r'query|q_proj|wq')),
+    ('key', _COMPONENT.format(r'key|k_proj|wk')),
+    ('value', _COMPONENT.format(r'value|v_proj|wv')),
+    ('attention_output',
+     r'(?:attn|attention)[^/]*/(?:out|proj|c_proj|out_proj|o_proj|dense)'
+     r'(?:/|$)|' + _COMPONENT.format(r'o_proj|out_proj|attn_out|wo_attn')),
+    ('mlp_in',
+     r'(?:mlp|ffn|feed_forward)[^/]*/(?:fc_in|c_fc|fc1|wi|up_proj|gate_proj|'
+     r'Dense_0)(?:/|$)|' + _COMPONENT.format(r'fc_in|c_fc|fc1|up_proj|'
+                                             r'gate_proj')),
+    ('mlp_out',
+     r'(?:mlp|ffn|feed_forward)[^/]*/(?:fc_out|c_proj|fc2|wo|down_proj|'
+     r'Dense_1)(?:/|$)|' + _COMPONENT.format(r'fc_out|fc2|down_proj')),
+)
+ROLES = tuple(role for role, _ in ROLE_PATTERNS) + ('other',)
+_ROLE_RES = tuple((role, re.compile(pattern, re.IGNORECASE))
+                  for role, pattern in ROLE_PATTERNS)
+
+
+def per_role(path):
+  """Rule: one block per role, pooled over layers: ``'embedding'``,
+  ``'query'``, ``'key'``, ``'value'``, ``'attention_output'``, ``'mlp_in'``,
+  ``'mlp_out'``, ``'norm'``, ``'head'``, else ``'other'`` (`ROLES`; the
+  patterns are `ROLE_PATTERNS`). With `per_layer` and `per_leaf`, Zhang et
+  al.'s (NeurIPS 2024) blocks of a transformer."""
+  for role, pattern in _ROLE_RES:
+    if pattern.search(path):
+      return role
+  return 'other'
+
+
+def layer_role(path):
+  """Rule: `per_role` within each layer: ``'<layer>/<role>'``, the layer
+  being the first path component with a number (``'Block_3'``, ``'h_3'``,
+  ``'layers/3'``), else the role alone (``'embedding'``, ``'head'``)."""
+  parts = path.split('/')
+  for i, part in enumerate(parts):
+    if re.search(r'\d', part):
+      return '/'.join(parts[:i + 1]) + '/' + per_role(path)
+  return per_role(path)
+
+
+RULES = {'per_layer': per_layer, 'per_role': per_role, 'per_leaf': per_leaf,
+         'layer_role': layer_role}
+
+
+def _regex_predicate(name, pattern):
+  try:
+    compiled = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f'blocks: block {name!r} has a bad regular expression '
+                     f'{pattern!r}: {e}.') from e
+  return lambda path: compiled.search(path) is not None
+
+
+def _rule_blocks(paths, rule):
+  """``{name: predicate}`` of a rule, blocks in order of first appearance;
+  a rule returning None leaves the parameter out of every block."""
+  names = {}
+  for path, _ in paths:
+    name = rule(path)
+    if name is not None and not isinstance(name, str):
+      raise TypeError(f'blocks: the rule gave {name!r} for {path!r}; a rule '
+                      'returns a block name (str) or None.')
+    if name is not None:
+      names.setdefault(name, [])
+      names[name].append(path)
+  return {name: (lambda members: lambda p: p in members)(frozenset(members))
+          for name, members in names.items()}
+
+
+def block_masks(params, blocks=None, depth=None):
   """0/1 masks ``{name: [num_params]}`` of the blocks, in insertion order.
 
   Args:
-    params: the parameter pytree.
-    blocks: None (one block per subtree at `depth`: top-level subtrees, i.e.
-      layers, for ``depth=1``; kernels and biases apart for ``depth=2``), a
-      dict ``name -> predicate(path_name)``, or a list of path prefixes (each
-      its own block, matched component by component).
-    depth: path components that name a block when `blocks` is None.
+    params: the parameter pytree; its leaves' path names are those of
+      `parameter_paths`.
+    blocks: which blocks, written once:
+      * None: `per_layer` (one block per module owning parameters), or the
+        subtrees at `depth` when `depth` is given;
+      * a rule: a function ``path name -> block name`` (None: in no block),
+        or the name of a built-in one: ``'per_layer'``, ``'per_role'``,
+        ``'layer_role'``, ``'per_leaf'`` (`RULES`);
+      * a dict ``block name -> regular expression`` (`re.search` on the path
+        name) or ``-> predicate(path name) -> bool``;
+      * a list of path prefixes, each its own block (matched component by
+        component).
+    depth: with ``blocks=None``, the number of leading path components that
+      name a block (1: top-level subtrees; 2: one level down).
 
   Returns:
     dict of float64 arrays; raises `ValueError` for an empty block or a
@@ -59,21 +186,43 @@ def block_masks(params, blocks=None, depth=1):
   paths = parameter_paths(params)
   offsets = np.cumsum([0] + [size for _, size in paths])
   num_params = int(offsets[-1])
-  if blocks is None:
-    if int(depth) < 1:
-      raise ValueError(f'depth: must be >= 1, got {depth}.')
+  if blocks is None and depth is not None:
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or (
+        int(depth) < 1):
+      raise ValueError(f'depth: must be an integer >= 1, got {depth!r}.')
     blocks = {}
     for name, _ in paths:
       prefix = '/'.join(name.split('/')[:int(depth)])
       blocks.setdefault(prefix, _prefix_predicate(prefix))
-  elif isinstance(blocks, (list, tuple)):
-    blocks = {prefix: _prefix_predicate(prefix) for prefix in blocks}
-  elif not isinstance(blocks, dict):
-    raise TypeError('blocks: expected None, a dict of name -> predicate or a '
-                    f'list of path prefixes, got {type(blocks).__name__}.')
+  elif depth is not None:
+    raise ValueError('depth: applies only with blocks=None (got both).')
+  else:
+    if blocks is None:
+      blocks = per_layer
+    if isinstance(blocks, str):
+      if blocks not in RULES:
+        raise ValueError(f'blocks: unknown rule {blocks!r}; the built-in '
+                         f'rules are {sorted(RULES)}.')
+      blocks = RULES[blocks]
+    if callable(blocks) and not isinstance(blocks, dict):
+      rule, blocks = blocks, _rule_blocks(paths, blocks)
+      if rule is per_role:  # the roles in their canonical order
+        blocks = {k: blocks[k] for k in ROLES if k in blocks}
+    elif isinstance(blocks, (list, tuple)):
+      blocks = {prefix: _prefix_predicate(prefix) for prefix in blocks}
+    elif isinstance(blocks, dict):
+      blocks = {name: (_regex_predicate(name, rule) if isinstance(rule, str)
+                       else rule) for name, rule in blocks.items()}
+    else:
+      raise TypeError('blocks: expected None, a rule (function or name), a '
+                      'dict of name -> regular expression or predicate, or a '
+                      f'list of path prefixes, got {type(blocks).__name__}.')
   masks = {}
   covered = np.zeros(num_params, bool)
   for name, predicate in blocks.items():
+    if not callable(predicate):
+      raise TypeError(f'blocks: block {name!r} needs a regular expression or '
+                      f'a predicate, got {type(predicate).__name__}.')
     mask = np.zeros(num_params)
     for i, (path, _) in enumerate(paths):
       if predicate(path):
@@ -114,6 +263,91 @@ def wasserstein1(a, b_list, b_sizes):
                                           b_weights))
 
 
+def common_grid(spectra, sigma=None, grid_len=4000):
+  """``(grid [grid_len], sigma)`` spanning the weighted nodes of every result
+  in `spectra` (a dict or list of `SpectrumResult`s), `density.KERNEL_MARGIN`
+  kernel widths beyond them; `sigma` defaults to the original's width over
+  that span (``sqrt(1e-5 max(1, width))``: Zhang et al.'s ``sqrt(1e-5)``
+  for spectra narrower than 1)."""
+  results = list(spectra.values()) if isinstance(spectra, dict) else list(
+      spectra)
+  if not results:
+    raise ValueError('spectra: empty.')
+  nodes = np.concatenate([density.weighted_nodes(r.nodes, r.weights)[0]
+                          for r in results])
+  low, high = float(nodes.min()), float(nodes.max())
+  if sigma is None:
+    sigma = density.kernel_sigma(low, high)
+  elif not sigma > 0:
+    raise ValueError(f'sigma: must be > 0, got {sigma}.')
+  margin = density.KERNEL_MARGIN * sigma
+  return np.linspace(low - margin, high + margin, int(grid_len)), float(sigma)
+
+
+def block_densities(spectra, grid=None, sigma=None):
+  """``(densities {name: [grid_len]}, grid, sigma)``: every block's smoothed
+  density (mean over draws, integral 1 over the grid) on one common grid
+  (`common_grid` unless given)."""
+  if not isinstance(spectra, dict) or not spectra:
+    raise TypeError('spectra: expected a non-empty dict name -> '
+                    f'SpectrumResult (a BlockSpectra), got {type(spectra)}.')
+  if grid is None:
+    grid, sigma = common_grid(spectra, sigma)
+  elif sigma is None:
+    raise ValueError('sigma: give it with a grid.')
+  out = {name: r.density(grid, sigma=sigma)[0] for name, r in spectra.items()}
+  return out, np.asarray(grid), float(sigma)
+
+
+def js_distances(spectra, grid=None, sigma=None, divergence=False):
+  """Jensen-Shannon distances between every pair of block densities.
+
+  As Zhang et al. (NeurIPS 2024, "Why Transformers Need Adam: A Hessian
+  Perspective") compare blocks: each block's SLQ density is smoothed by a
+  Gaussian of the same width on one common grid (`block_densities`),
+  normalised to a probability vector over the grid, and each pair compared
+  by ``JS(p, q) = sqrt(KL(p || m) / 2 + KL(q || m) / 2)``, ``m = (p + q) / 2``,
+  natural logarithms (`scipy.spatial.distance.jensenshannon`): 0 for equal
+  densities, ``sqrt(ln 2)`` for disjoint ones. Their summary of a model is
+  the mean over pairs (`mean_js_distance`).
+
+  Args:
+    spectra: dict ``name -> SpectrumResult`` (a `BlockSpectra`).
+    grid, sigma: as `block_densities`.
+    divergence: return the divergence (the square) instead of the distance.
+
+  Returns:
+    ``(matrix [B, B], names [B])``, symmetric with a zero diagonal.
+  """
+  densities, _, _ = block_densities(spectra, grid, sigma)
+  names = list(densities)
+  probs = []
+  for name in names:
+    d = np.maximum(densities[name], 0.0)
+    if not d.sum() > 0:
+      raise ValueError(f'spectra: block {name!r} has no density on the grid.')
+    d = d / d.sum()
+    # Subnormal tails would halve to 0 in the mixture (an infinite KL term).
+    probs.append(np.where(d < np.finfo(np.float64).tiny, 0.0, d))
+  matrix = np.zeros((len(names), len(names)))
+  for i in range(len(names)):
+    for j in range(i + 1, len(names)):
+      matrix[i, j] = matrix[j, i] = scipy_distance.jensenshannon(
+          probs[i], probs[j])
+  return (matrix ** 2 if divergence else matrix), names
+
+
+def mean_js_distance(matrix):
+  """Mean of the off-diagonal entries of a `js_distances` matrix ``[B, B]``
+  (Zhang et al.'s average over pairs of blocks)."""
+  matrix = np.asarray(matrix, np.float64)
+  b = matrix.shape[0]
+  if matrix.ndim != 2 or matrix.shape != (b, b) or b < 2:
+    raise ValueError(f'matrix: expected [B, B] with B >= 2, got '
+                     f'{matrix.shape}.')
+  return float(matrix[~np.eye(b, dtype=bool)].mean())
+
+
 class BlockSpectra(dict):
   """``{block name: SpectrumResult}`` of the diagonal blocks ``H_bb``.
 
@@ -130,7 +364,7 @@ class BlockSpectra(dict):
   distance = None
 
 
-def block_spectra(loss, params, dataset, *, blocks=None, depth=1,
+def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
                   batch_size=None, order=90, num_draws=1, rng_key=None,
                   curvature='hessian', devices=None, include_full=True,
                   **kwargs):
@@ -138,7 +372,9 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=1,
 
   Args:
     loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`.
-    blocks, depth: which blocks; see `block_masks` (default: one per layer).
+    blocks, depth: which blocks, as `block_masks`: a rule (``'per_layer'``,
+      the default; ``'per_role'``, ``'layer_role'``, ``'per_leaf'``; or a
+      function of the path name), a dict of regular expressions, or prefixes.
     order: Lanczos steps per draw; a block smaller than `order` stops at its
       size (breakdown).
     num_draws: draws per block (and for the full Hessian).
@@ -161,7 +397,7 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=1,
                           include_full=include_full, **kwargs)
 
 
-def block_spectra_of(matvec, params, *, blocks=None, depth=1, order=90,
+def block_spectra_of(matvec, params, *, blocks=None, depth=None, order=90,
                      num_draws=1, rng_key=None, include_full=True, **kwargs):
   """`block_spectra` of an operator on ``ravel_pytree(params)`` vectors."""
   num_draws = int(num_draws)
@@ -173,7 +409,7 @@ def block_spectra_of(matvec, params, *, blocks=None, depth=1, order=90,
   rows = np.stack([np.ones(num_params) if name == FULL else masks[name]
                    for name in names])
   projection = np.tile(rows, (num_draws, 1))   # [draws x names, n]
-  if isinstance(matvec, operators.Operator):
+  if hasattr(matvec, 'restrict_rows'):
     matvec = matvec.restrict_rows(
         [None if name == FULL else block_leaves(params, masks[name])
          for name in names])

@@ -242,3 +242,40 @@ def plot_spectrum(result, *, grid=None, sigma=None, exact=None, ax=None,
     annotate_density(ax, sigma, order=result.order,
                      num_draws=result.num_draws, num_examples=num_examples)
   return ax
+
+
+def plot_js_heatmap(matrix, names, *, ax=None, title=None, vmax=None,
+                    cmap='viridis'):
+  """Heat map of the Jensen-Shannon distances between block densities.
+
+  Args:
+    matrix: ``[B, B]`` from `blocks.js_distances`.
+    names: ``[B]`` block names (the axes' tick labels).
+    ax: axes to draw on; a new figure when None.
+    title: axes title.
+    vmax: top of the colour scale (default ``sqrt(ln 2)``, the distance of
+      disjoint densities), so that heat maps of different models compare.
+    cmap: matplotlib colour map.
+
+  Returns:
+    The axes (its figure has the colour bar).
+  """
+  matrix = arguments.real_array('matrix', matrix, (2,))
+  if matrix.shape != (len(names), len(names)):
+    raise ValueError(f'matrix: shape {matrix.shape} does not match '
+                     f'{len(names)} names.')
+  if ax is None:
+    size = max(4.0, 0.35 * len(names) + 2.5)
+    _, ax = plt.subplots(figsize=(size + 1, size))
+  vmax = float(np.sqrt(np.log(2.0))) if vmax is None else vmax
+  image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=vmax)
+  ax.set_xticks(range(len(names)))
+  ax.set_yticks(range(len(names)))
+  ax.set_xticklabels(names, rotation=90, fontsize=7)
+  ax.set_yticklabels(names, fontsize=7)
+  ax.set_xlabel('block')
+  ax.set_ylabel('block')
+  ax.figure.colorbar(image, ax=ax, label='Jensen-Shannon distance')
+  if title:
+    ax.set_title(title)
+  return ax

@@ -96,8 +96,10 @@ def test_block_choices():
     blocks_lib.block_masks(params, blocks=['hidden', 'hidden/bias'])
   with pytest.raises(ValueError, match='matches no parameter'):
     blocks_lib.block_masks(params, blocks=['conv'])
-  with pytest.raises(TypeError, match='blocks'):
+  with pytest.raises(ValueError, match='unknown rule'):
     blocks_lib.block_masks(params, blocks='hidden')
+  with pytest.raises(TypeError, match='blocks'):
+    blocks_lib.block_masks(params, blocks=3)
 
 
 def test_projection_masks_are_checked():
