@@ -10,7 +10,8 @@ access). This module turns them into float32 batches normalised per channel:
   rows of each global batch; each record is augmented with a generator drawn
   from (seed, its global position), so the batches depend neither on the
   number of worker processes nor on where the iteration started, and training
-  resumes exactly. `prefetch_to_device` moves them onto the devices ahead.
+  resumes exactly. `prefetch_to_device` puts them on the data mesh ahead
+  (`experiments.layout`).
 * `eval_batches`: each host's contiguous share, in padded, masked batches.
 * `prepare_hessian_set`: the fixed set of the Hessian, decoded and cropped
   once (host memory or a memory-mapped file), each host its share of the
@@ -27,11 +28,11 @@ import os
 from typing import Any, Iterator, Mapping
 
 from absl import flags
-from flax import jax_utils
 import grain
 import jax
 import numpy as np
 
+from experiments import layout
 from experiments.augmentation import augment
 from experiments.augmentation import centre_crop
 from experiments.augmentation import normalize
@@ -216,21 +217,23 @@ def train_batches(data: Any, info: DatasetInfo, global_batch_size: int,
   return iter(_worker_processes(batches, num_workers))
 
 
-def shard(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Host batch [B_local, ...] -> [local_devices, B_local / devices, ...]."""
-  devices = jax.local_device_count()
-  return {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in batch.items()}
-
-
 def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]],
+                       mesh: jax.sharding.Mesh | None = None,
                        size: int = 2) -> Iterator[dict[str, jax.Array]]:
-  """Host batches sharded over the local devices, `size` transfers ahead.
+  """This process's host batches as global batches on `mesh`, `size`
+  transfers ahead.
+
+  Args:
+    batches: {key: [B_local, ...]}, this process's rows of each global batch.
+    mesh: a `layout.data_mesh` (default: over all devices).
+    size: batches in flight.
 
   Yields:
-    {key: [local_devices, B_local / devices, ...] arrays on the devices},
-    the layout of `jax.pmap`.
+    {key: [B_local * processes, ...]} split over the mesh's 'data' axis
+    (`layout.global_batch`).
   """
-  return jax_utils.prefetch_to_device(map(shard, batches), size)
+  return layout.prefetch(batches, layout.data_mesh() if mesh is None else mesh,
+                         size)
 
 
 def eval_batches(data: Any, info: DatasetInfo, global_batch_size: int,

@@ -37,6 +37,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import layout
+
 POPULATION_STATS = 'population_stats'
 RECORDED_MOMENTS = 'recorded_moments'
 MODES = ('exact', 'precise')
@@ -169,21 +171,28 @@ class PopulationStats:
                              mask=batch['mask'], mutable=[RECORDED_MOMENTS])
       return state[RECORDED_MOMENTS]
 
-    self._moments = jax.pmap(moments, in_axes=(None, 0), devices=self.devices)
+    # One program over the devices: the variables replicated, each batch
+    # split over the mesh's 'data' axis; the moments are of the whole batch.
+    self._mesh = layout.data_mesh(self.devices)
+    self._moments = jax.jit(
+        moments, in_shardings=(layout.replicated(self._mesh),
+                               layout.batch_sharding(self._mesh)),
+        out_shardings=layout.replicated(self._mesh))
 
   def _pass(self, variables, batches):
     """Moments of every layer's input over all batches and processes."""
     parts = []
     devices = len(self.devices)
+    # Through the host: the train state may be replicated on another mesh
+    # (all processes' devices), this program runs on local devices only.
+    variables = jax.device_put(jax.device_get(variables),
+                               layout.replicated(self._mesh))
     for batch in batches():
       if len(batch['image']) % devices:
         raise ValueError(f'batches: {len(batch["image"])} examples do not '
                          f'split over {devices} devices.')
-      sharded = jax.tree.map(
-          lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
-      moments = jax.device_get(self._moments(variables, sharded))
-      parts.extend(jax.tree.map(lambda m, i=i: m[i], moments)
-                   for i in range(devices))
+      parts.append(jax.device_get(self._moments(
+          variables, jax.device_put(batch, layout.batch_sharding(self._mesh)))))
     if not parts:
       raise ValueError('batches: yielded no batches.')
     pooled = pool_moments(parts)

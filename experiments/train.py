@@ -1,8 +1,9 @@
 """Training: `train_and_evaluate`, with spectrum snapshots along the way.
 
-SGD with momentum, data parallel over all devices with `jax.pmap` (gradients
-averaged over devices, batch-norm statistics synchronised over them so that
-training normalises over the global batch, as the Hessian does), orbax
+SGD with momentum, data parallel over all devices of all processes: one `jit`
+over the mesh of `experiments.layout`, the batch split along its 'data' axis
+and the state replicated (so gradients, metrics and the batch-norm statistics
+are those of the global batch, as the Hessian's), orbax
 checkpoints with exact resume, test accuracy, population statistics refreshed
 (`experiments.population`), and at `config.hessian.snapshot_steps` the
 spectrum of the training loss's Hessian (`experiments.probe`).
@@ -30,7 +31,6 @@ from typing import Any
 
 from absl import logging
 import flax
-from flax import jax_utils
 from flax import serialization
 import jax
 import jax.numpy as jnp
@@ -41,14 +41,12 @@ import tqdm
 
 from experiments import config_checks
 from experiments import input_pipeline
+from experiments import layout
 from experiments import models
 from experiments import plots
 from experiments import population
 from experiments import probe as probe_lib
 from experiments import workdir as wd
-
-AXIS = 'batch'
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -122,18 +120,17 @@ def create_train_state(config, model, image_shape, tx):
 
 
 def train_step(state, batch, *, model, tx, lr_fn, norm):
-  """One SGD step on this device's share of the batch (inside `pmap`).
+  """One SGD step on the global batch (under `jit` over the data mesh).
 
   Args:
-    state: `TrainState` (this device's replica).
-    batch: {'image': [B_dev, H, W, C], 'label': [B_dev]}.
-    model, tx, lr_fn: the model, optimizer and its schedule; for norm='batch'
-      the model's `bn_axis_name` is the pmap axis, so that the batch
-      statistics are those of the global batch (`training_model`).
+    state: `TrainState`.
+    batch: {'image': [B, H, W, C], 'label': [B]}, the global batch (split
+      over the devices; the batch-norm statistics are still those of all B).
+    model, tx, lr_fn: the model, optimizer and its schedule.
     norm: the model's normalisation.
 
   Returns:
-    (new state, {'loss', 'accuracy', 'learning_rate'} averaged over devices).
+    (new state, {'loss', 'accuracy', 'learning_rate'} over the batch).
   """
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
@@ -149,50 +146,49 @@ def train_step(state, batch, *, model, tx, lr_fn, norm):
 
   (loss, (model_state, logits)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
-  # Already equal with synchronised statistics; kept against rounding drift.
-  model_state = jax.lax.pmean(model_state, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  metrics = jax.lax.pmean({'loss': loss, 'accuracy': accuracy}, AXIS)
-  metrics['learning_rate'] = lr_fn(state.step)
+  metrics = {'loss': loss, 'accuracy': accuracy,
+             'learning_rate': lr_fn(state.step)}
   new_state = state.replace(step=state.step + 1, params=params,
                             model_state=model_state, opt_state=opt_state)
   return new_state, metrics
 
 
 def eval_step(state, batch, *, model):
-  """Sums of correct predictions, losses and real examples (inside `pmap`)."""
+  """Sums of correct predictions, losses and real examples of the batch."""
   variables = {'params': state.params, **state.model_state}
   logits = model.apply(variables, batch['image'], train=False)
   mask = batch['mask']
   correct = (jnp.argmax(logits, -1) == batch['label']) * mask
   losses = models.cross_entropy(logits, batch['label']) * mask
-  return jax.lax.psum({'correct': correct.sum(), 'loss': losses.sum(),
-                       'count': mask.sum()}, AXIS)
+  return {'correct': correct.sum(), 'loss': losses.sum(), 'count': mask.sum()}
 
 
-def shard(batch):
-  """Host batch [B_local, ...] -> [local_devices, B_local / devices, ...]."""
-  devices = jax.local_device_count()
-  return jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
+def compile_steps(model, tx, lr_fn, norm, mesh):
+  """(train step, eval step) as `jit`s over `mesh`: the state replicated, the
+  batch split over the 'data' axis; the train step reuses the state's
+  buffers (donated)."""
+  state, batch = layout.replicated(mesh), layout.batch_sharding(mesh)
+  train = jax.jit(functools.partial(train_step, model=model, tx=tx,
+                                    lr_fn=lr_fn, norm=norm),
+                  in_shardings=(state, batch), out_shardings=(state, state),
+                  donate_argnums=0)
+  evaluate_fn = jax.jit(functools.partial(eval_step, model=model),
+                        in_shardings=(state, batch), out_shardings=state)
+  return train, evaluate_fn
 
 
-def evaluate(p_eval_step, rstate, test, info, batch_size):
+def evaluate(eval_fn, state, test, info, batch_size, mesh):
   """Test accuracy and mean loss over every test example."""
   totals = None
   for batch in input_pipeline.eval_batches(test, info, batch_size):
-    out = jax.tree.map(lambda x: np.asarray(x[0], np.float64),
-                       p_eval_step(rstate, shard(batch)))
+    out = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                       eval_fn(state, layout.global_batch(batch, mesh)))
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
   return {'accuracy': float(totals['correct'] / totals['count']),
           'loss': float(totals['loss'] / totals['count'])}
-
-
-def training_model(model, norm):
-  """The model as trained under `pmap`: batch statistics over all devices."""
-  return model.clone(bn_axis_name=AXIS) if norm == 'batch' else model
 
 
 def population_batches(train, info, model_config):
@@ -209,13 +205,13 @@ def population_batches(train, info, model_config):
   return population.array_batches(images[share[0]:share[-1] + 1], batch)
 
 
-def refresh_population_stats(stats_fn, rstate, batches):
-  """Replicated state with 'population_stats' recomputed by `stats_fn`."""
-  state = jax_utils.unreplicate(rstate)
+def refresh_population_stats(stats_fn, state, batches, mesh):
+  """The (replicated) state with 'population_stats' recomputed by
+  `stats_fn`."""
   variables = {'params': state.params, **state.model_state}
   stats = stats_fn(variables, batches)
   model_state = {**state.model_state, models.POPULATION_STATS: stats}
-  return rstate.replace(model_state=jax_utils.replicate(model_state))
+  return state.replace(model_state=layout.replicate(model_state, mesh))
 
 
 def restore_latest(manager, state):
@@ -234,16 +230,17 @@ def restore_latest(manager, state):
   return serialization.from_state_dict(state, restored)
 
 
-def save_checkpoint(manager, rstate):
-  """Saves the replicated state (one replica, on the host) at its step."""
-  state = jax.device_get(jax_utils.unreplicate(rstate))
+def save_checkpoint(manager, state):
+  """Saves the replicated state (this process's copy, on the host) at its
+  step."""
+  state = layout.to_host(state)
   manager.save(int(state.step), args=ocp.args.StandardSave(
       serialization.to_state_dict(state)))
 
 
 def _mean_metrics(history):
   """Mean over steps of per-step (replicated) metric dicts."""
-  stacked = jax.device_get([jax.tree.map(lambda x: x[0], m) for m in history])
+  stacked = layout.to_host(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
@@ -307,15 +304,12 @@ def train_and_evaluate(config, workdir):
         model, config.model.population_mode)
     population_set = population_batches(train, info, config.model)
 
-  p_train_step = jax.pmap(
-      functools.partial(train_step, model=training_model(model, norm), tx=tx,
-                        lr_fn=lr_fn, norm=norm), axis_name=AXIS)
-  p_eval_step = jax.pmap(functools.partial(eval_step, model=model),
-                         axis_name=AXIS)
-  rstate = jax_utils.replicate(state)
+  mesh = layout.data_mesh()
+  train_fn, eval_fn = compile_steps(model, tx, lr_fn, norm, mesh)
+  rstate = layout.replicate(state, mesh)
   batches = input_pipeline.prefetch_to_device(input_pipeline.train_batches(
       train, info, config.batch_size, seed=config.seed, start_step=start_step,
-      num_workers=config.dataset.get('num_workers') or 0))
+      num_workers=config.dataset.get('num_workers') or 0), mesh)
   stop = config.stop_after_steps
   history, last_eval = [], (eval_log.records[-1] if eval_log.records else None)
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not writer,
@@ -323,7 +317,7 @@ def train_and_evaluate(config, workdir):
                   mininterval=1.0)
 
   def take_snapshot(step):
-    host = jax.device_get(jax_utils.unreplicate(rstate))
+    host = layout.to_host(rstate)
     key = jax.random.fold_in(jax.random.wrap_key_data(host.rng), step)
     exact = config.hessian.exact and step in exact_steps
     bar.set_description(f'snapshot {step}')
@@ -357,12 +351,12 @@ def train_and_evaluate(config, workdir):
         (step % config.model.population_refresh_steps == 0 and
          step < num_steps) or step in snapshot_steps):
       rstate = refresh_population_stats(population_stats, rstate,
-                                        population_set)
+                                        population_set, mesh)
     if step in snapshot_steps:
       take_snapshot(step)
     if step == num_steps:
       break
-    rstate, metrics = p_train_step(rstate, next(batches))
+    rstate, metrics = train_fn(rstate, next(batches))
     history.append(metrics)
     done = step + 1
     bar.update(1)
@@ -376,8 +370,8 @@ def train_and_evaluate(config, workdir):
       bar.set_postfix(loss=f'{record["loss"]:.4f}')
       logging.info('step %d: %s', done, record)
     if done % config.eval_every_steps == 0 or done == num_steps:
-      last_eval = {'step': done, **evaluate(p_eval_step, rstate, test, info,
-                                            config.eval_batch_size)}
+      last_eval = {'step': done, **evaluate(eval_fn, rstate, test, info,
+                                            config.eval_batch_size, mesh)}
       eval_log.append(last_eval)
       logging.info('eval at step %d: %s', done, last_eval)
     if done % config.checkpoint_every_steps == 0 or done == num_steps:
@@ -395,6 +389,6 @@ def train_and_evaluate(config, workdir):
     print(summary)
     if config.write_plots:
       plots.write_all(workdir)
-  return {'state': jax.device_get(jax_utils.unreplicate(rstate)),
+  return {'state': layout.to_host(rstate),
           'eval': last_eval, 'snapshots': snapshot_log.records,
           'train': train_log.records, 'stopped_early': stopped_early}

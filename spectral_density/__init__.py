@@ -1,5 +1,8 @@
 """spectral_density: Hessian eigenvalue densities of JAX models by SLQ."""
 
+from spectral_density.adapters import equinox_loss
+from spectral_density.adapters import linen_loss
+from spectral_density.adapters import nnx_loss
 from spectral_density.blocks import block_densities
 from spectral_density.blocks import block_masks
 from spectral_density.blocks import block_spectra
@@ -47,4 +50,5 @@ __all__ = [
     'fisher_vp', 'full_hessian', 'get_hvp_fn', 'ggn_vp', 'hessian_spectrum',
     'hvp', 'lanczos_alg', 'lanczos_draws', 'LanczosResult', 'slq',
     'SpectrumResult', 'tridiag_to_density', 'tridiag_to_eigv',
+    'equinox_loss', 'linen_loss', 'nnx_loss',
 ]

@@ -82,6 +82,16 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'slow: a heavy test, left out by `pytest -m "not slow"` '
       '(every test of the files in SLOW_FILES, and any test marked so)')
+  # Deprecated JAX or Flax API fails the suite (issue 22). A warning raised
+  # inside jax or flax, and one that jax or flax attributes to its caller
+  # (their deprecations use stacklevel=2: the module is then ours) and that
+  # names them.
+  config.addinivalue_line('filterwarnings',
+                          r'error::DeprecationWarning:(jax|flax)(\.|$)')
+  config.addinivalue_line(
+      'filterwarnings', r'error:.*(jax|flax|nnx|linen|mesh|pmap):'
+      r'DeprecationWarning:(spectral_density|experiments|benchmarks|configs|'
+      r'colab|test_|toy_problems|multihost_worker)')
 
 
 def pytest_collection_modifyitems(items):

@@ -12,6 +12,7 @@ import pytest
 from experiments import augmentation
 from experiments import image_sources
 from experiments import input_pipeline as ip
+from experiments import layout
 
 
 def info_for(image_shape, augmentation='none', mean=None, std=None):
@@ -294,21 +295,27 @@ def test_hessian_set_is_the_unaugmented_decoded_data_split_by_host(
   assert isinstance(shares[0].images, np.memmap) == cache
 
 
-def test_prefetch_to_device_shards_each_batch_over_the_local_devices():
+def test_prefetch_to_device_splits_each_batch_over_the_data_mesh():
   data = numbered(64)
   info = info_for((4, 4, 1))
   host = ip.train_batches(data, info, 16, seed=0, process_index=0,
                           process_count=1)
   expected = [next(host) for _ in range(3)]
+  mesh = layout.data_mesh()
   on_devices = ip.prefetch_to_device(ip.train_batches(
-      data, info, 16, seed=0, process_index=0, process_count=1))
-  devices = jax.local_device_count()
+      data, info, 16, seed=0, process_index=0, process_count=1), mesh)
+  devices = jax.device_count()
   for batch in expected:
     placed = next(on_devices)
-    assert placed['image'].shape == (devices, 16 // devices, 4, 4, 1)
-    np.testing.assert_array_equal(np.asarray(placed['label']).ravel(),
-                                  batch['label'])
-    assert len(placed['label'].sharding.device_set) == devices
+    assert placed['image'].shape == (16, 4, 4, 1)
+    assert placed['label'].sharding == layout.batch_sharding(mesh)
+    np.testing.assert_array_equal(np.asarray(placed['label']), batch['label'])
+    # Device i holds rows [2 i, 2 i + 2) of the batch.
+    for shard in placed['label'].addressable_shards:
+      start = shard.index[0].start
+      assert shard.data.shape == (16 // devices,)
+      np.testing.assert_array_equal(
+          shard.data, batch['label'][start:start + 16 // devices])
 
 
 def test_grain_reads_a_real_tfds_data_source(monkeypatch):
