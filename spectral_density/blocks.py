@@ -358,6 +358,20 @@ class BlockSpectra(dict):
       of the block spectra (weighted by size), or None without `full`. SLQ
       estimates of one spectrum from different draws are themselves about
       ``width / (order x sqrt(num_draws))`` apart, a floor for this number.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> def loss(p, batch):                  # two "layers", H = diag(2, 2, 4, 4, 4)
+    ...   return jnp.sum(p['a'] ** 2) + 2 * jnp.sum(p['b'] ** 2) + 0 * batch.sum()
+    >>> params = {'a': jnp.ones(2), 'b': jnp.ones(3)}
+    >>> blocks = sd.block_spectra(loss, params, np.zeros((4, 1)), batch_size=4,
+    ...                           order=2)
+    >>> sorted(blocks), blocks.sizes
+    (['a', 'b'], {'a': 2, 'b': 3})
+    >>> round(blocks['a'].lambda_max, 4), round(blocks['b'].lambda_max, 4)
+    (2.0, 4.0)
   """
   full = None
   sizes = None
@@ -388,6 +402,22 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
   Returns:
     `BlockSpectra`. With `keep_vecs`, each block's `vecs` hold only the
     block's coordinates (``[num_draws, order, block size]``).
+
+  Raises:
+    ValueError, TypeError: a bad argument, as `get_hvp_fn` and
+      `lanczos_draws` (named in the message), or `num_draws` below 1.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> def loss(p, batch):                  # H = diag(2, 2, 4, 4, 4)
+    ...   return jnp.sum(p['a'] ** 2) + 2 * jnp.sum(p['b'] ** 2) + 0 * batch.sum()
+    >>> params = {'a': jnp.ones(2), 'b': jnp.ones(3)}
+    >>> blocks = sd.block_spectra(loss, params, np.zeros((4, 1)), batch_size=4,
+    ...                           order=2, num_draws=2)
+    >>> round(blocks.full.lambda_max, 4), round(blocks['a'].lambda_min, 4)
+    (4.0, 2.0)
   """
   hvp_fn, _, num_params = operators.get_hvp_fn(
       loss, params, dataset, batch_size=batch_size, curvature=curvature,

@@ -23,6 +23,20 @@ class OperatorReport(NamedTuple):
     dtype: dtype of the products (a string).
     finite: whether every product was finite.
     tolerance: the bound `ok` applies (100 x eps of `dtype` by default).
+
+  The verdicts `symmetric`, `repeatable` (each measure within `tolerance`)
+  and `ok` (both, and finite) are properties; `as_dict()` gives all of it,
+  JSON-ready.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> report = sd.check_operator(lambda v: 2 * v, 10)
+    >>> report.asymmetry < report.tolerance, report.repeat_difference
+    (True, 0.0)
+    >>> sorted(report.as_dict())
+    ['asymmetry', 'dtype', 'finite', 'ok', 'repeat_difference', 'repeatable',
+     'symmetric', 'tolerance']
   """
   asymmetry: float
   repeat_difference: float
@@ -63,6 +77,20 @@ def check_operator(matvec, dim=None, *, num_probes=3, rng_key=None,
 
   Returns:
     `OperatorReport`.
+
+  Raises:
+    ValueError: `dim` missing for a plain function, or `dim` or `num_probes`
+      below 1.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)              # the operator diag(1, ..., 10)
+    >>> report = sd.check_operator(lambda v: d * v, 10)
+    >>> report.ok, report.symmetric, report.dtype
+    (True, True, 'float32')
+    >>> sd.check_operator(jnp.cumsum, 10).symmetric   # a triangular matrix
+    False
   """
   if dim is None:
     dim = getattr(matvec, 'num_params', None)

@@ -132,6 +132,14 @@ def tridiag_to_eigv(tridiag_list, *, return_vectors=False):
     ValueError: `tridiag_list` is ragged, not square, not symmetric, not
       tridiagonal, empty or not finite.
     TypeError: `tridiag_list` is not a real array.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> tridiag = np.array([[2., 1.], [1., 2.]])   # eigenvalues 1 and 3
+    >>> nodes, weights = sd.tridiag_to_eigv(tridiag)
+    >>> nodes, weights                            # [1, order] each
+    (array([[1., 3.]]), array([[0.5, 0.5]]))
   """
   return_vectors = arguments.boolean('return_vectors', return_vectors)
   if _traced(tridiag_list):
@@ -238,6 +246,20 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
 
   Raises:
     ValueError, TypeError: naming the bad argument.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> nodes = np.array([[0., 1.]])              # one draw, [1, order]
+    >>> weights = np.array([[0.25, 0.75]])
+    >>> density, grid = sd.eigv_to_density(nodes, weights, sigma=0.05)
+    >>> round(float(np.trapezoid(density, grid)), 6)
+    1.0
+    >>> density, grid = sd.eigv_to_density(nodes, weights,
+    ...                                   grids=np.array([0., 1.]), sigma=0.05,
+    ...                                   normalize=False)
+    >>> np.round(density * 0.05 * np.sqrt(2 * np.pi), 4)   # the weights
+    array([0.25, 0.75])
   """
   nodes = np.atleast_2d(arguments.real_array('eig_vals', eig_vals, (1, 2)))
   if all_weights is None:
@@ -307,6 +329,18 @@ def tridiag_to_density(tridiag_list, sigma_squared=DEFAULT_SIGMA_SQUARED,
 
   Returns:
     ``(density [grid_len], grids [grid_len])``.
+
+  Raises:
+    ValueError, TypeError: as `tridiag_to_eigv` for `tridiag_list`, as
+      `eigv_to_density` for the other arguments.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> tridiag = np.array([[2., 1.], [1., 2.]])   # nodes 1 and 3, weights 1/2
+    >>> density, grid = sd.tridiag_to_density([tridiag], sigma=0.1, grid_len=601)
+    >>> density.shape, round(float(np.trapezoid(density, grid)), 6)
+    ((601,), 1.0)
   """
   nodes, weights = tridiag_to_eigv(tridiag_list)
   return eigv_to_density(
@@ -320,6 +354,26 @@ def exact_density(eigenvalues, grids, sigma):
 
   The reference SLQ estimates: ``(1/n) sum_j N(t; lambda_j, sigma^2)``, not
   renormalised.
+
+  Args:
+    eigenvalues: ``[n]`` real, e.g. from `exact_eigenvalues`.
+    grids: ``[grid_len]`` points where the density is evaluated.
+    sigma: the kernel's standard deviation, > 0.
+
+  Returns:
+    numpy array ``[grid_len]``.
+
+  Raises:
+    ValueError: `eigenvalues` or `grids` not 1-D or not finite, or `sigma`
+      not finite and > 0.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> grid = np.linspace(-1., 4., 5001)
+    >>> density = sd.exact_density(np.array([1., 2., 2.]), grid, sigma=0.1)
+    >>> round(float(np.trapezoid(density, grid)), 4)
+    1.0
   """
   eigenvalues = arguments.real_array('eigenvalues', eigenvalues, (1,))
   grids = arguments.real_array('grids', grids, (1,))

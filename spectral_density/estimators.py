@@ -70,6 +70,23 @@ def subspace_overlap(a, b, k):
   Returns:
     ``[k]`` angles in radians, ascending; ``mean(cos(angles)**2)`` is the
     overlap (1: the same space, ~k/n: unrelated).
+
+  Raises:
+    ValueError: `a` and `b` of different sizes, a result without its basis
+      (``keep_vecs=False``), or `k` outside ``[1, valid steps]``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)              # the operator diag(1, ..., 10)
+    >>> a = sd.slq(lambda v: d * v, 10, order=10, keep_vecs=True)
+    >>> b = sd.slq(lambda v: d * v, 10, order=10, keep_vecs=True,
+    ...            rng_key=jax.random.key(1))
+    >>> angles = sd.subspace_overlap(a, b, k=2)   # both span e_10, e_9
+    >>> angles.shape, bool(np.all(angles < 1e-2))
+    ((2,), True)
   """
   if a.dim != b.dim:
     raise ValueError(f'a, b: operator sizes differ ({a.dim} vs {b.dim}).')
@@ -91,6 +108,21 @@ def subspace_tracking(previous, current, gradient, k):
     ``gradient_fraction_previous`` (``||P_prev g||^2 / ||g||^2``) and
     ``gradient_fraction_current``; the first three are None without a
     previous snapshot.
+
+  Raises:
+    ValueError: as `subspace_overlap` and `SpectrumResult.subspace_fraction`
+      (a zero gradient, one of another size, `k` out of range).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)              # the operator diag(1, ..., 10)
+    >>> current = sd.slq(lambda v: d * v, 10, order=10, keep_vecs=True)
+    >>> gradient = np.eye(10)[9]             # along the top eigenvector
+    >>> metrics = sd.subspace_tracking(None, current, gradient, k=1)
+    >>> round(metrics['gradient_fraction_current'], 4), metrics['overlap']
+    (1.0, None)
   """
   out = {'gradient_fraction_current': current.subspace_fraction(gradient, k),
          'overlap': None, 'min_cosine': None,
@@ -171,6 +203,18 @@ def trace_estimate(matvec, dim, num_products, *, method='hutch++', seed=0,
   Returns:
     ``(trace, stderr)``: the estimate and the standard error of its random
     part.
+
+  Raises:
+    ValueError: an unknown `method`, or too few products for it (or, for
+      'krylov', more than the operator's size allows).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 101.)             # diag(1, ..., 100): trace 5050
+    >>> trace, stderr = sd.trace_estimate(lambda v: d * v, 100, 30)
+    >>> abs(trace - 5050) < 3 * stderr
+    True
   """
   num_products, dim = int(num_products), int(dim)
   if method not in ('hutch++', 'krylov'):

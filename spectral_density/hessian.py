@@ -63,6 +63,18 @@ def hvp(loss, params, batch, v):
 
   Returns:
     ``H v``, a pytree shaped like `params`.
+
+  Raises:
+    TypeError: `loss` is not callable.
+    ValueError: `v` is not shaped like `params`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> loss = lambda p, batch: jnp.sum(batch * p['w'] ** 2)   # H = diag(2 batch)
+    >>> sd.hvp(loss, {'w': jnp.ones(3)}, jnp.array([1., 2., 3.]),
+    ...        {'w': jnp.ones(3)})
+    {'w': Array([2., 4., 6.], dtype=float32)}
   """
   _check_callable('loss', loss)
   _check_like_params(v, params)
@@ -84,6 +96,20 @@ def ggn_vp(model_fn, output_loss, params, batch, v):
 
   Returns:
     ``G v``, a pytree shaped like `params`.
+
+  Raises:
+    TypeError: `model_fn` or `output_loss` is not callable.
+    ValueError: `v` is not shaped like `params`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> model_fn = lambda p, x: x @ p['w']                  # linear: J = x
+    >>> output_loss = lambda out, x: 0.5 * jnp.sum(out ** 2)   # H_out = I
+    >>> x = jnp.array([[1., 0.], [1., 1.]])
+    >>> sd.ggn_vp(model_fn, output_loss, {'w': jnp.ones(2)}, x,
+    ...           {'w': jnp.array([1., 0.])})             # x^T x v
+    {'w': Array([2., 1.], dtype=float32)}
   """
   _check_callable('model_fn', model_fn)
   _check_callable('output_loss', output_loss)
@@ -110,6 +136,20 @@ def fisher_vp(per_example_loss, params, batch, v):
 
   Returns:
     ``F v``, a pytree shaped like `params`.
+
+  Raises:
+    TypeError: `per_example_loss` is not callable.
+    ValueError: it does not return ``[B]`` losses, or `v` is not shaped like
+      `params`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> per_example = lambda p, x: x @ p['w']      # g_i = x_i
+    >>> x = jnp.array([[1., 0.], [1., 1.]])
+    >>> sd.fisher_vp(per_example, {'w': jnp.zeros(2)}, x,
+    ...              {'w': jnp.array([1., 0.])})   # x^T x v / 2
+    {'w': Array([1. , 0.5], dtype=float32)}
   """
   _check_callable('per_example_loss', per_example_loss)
   _check_like_params(v, params)
@@ -190,6 +230,18 @@ def dense_matrix(matvec, dim, *, chunk_size=256, dtype=None):
 
   Returns:
     numpy array ``[dim, dim]``; column ``j`` is ``matvec(e_j)``.
+
+  Raises:
+    TypeError: `matvec` not callable, or `dim` or `chunk_size` not an int.
+    ValueError: `dim` or `chunk_size` below 1, or `matvec` not mapping
+      ``[dim]`` to ``[dim]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> sd.dense_matrix(lambda v: jnp.array([2., 3.]) * v, 2)
+    array([[2., 0.],
+           [0., 3.]], dtype=float32)
   """
   _check_callable('matvec', matvec)
   dim = arguments.positive_int('dim', dim)
@@ -226,6 +278,19 @@ def full_hessian(loss, params, batch=_NO_BATCH, *, chunk_size=256):
 
   Returns:
     numpy array ``[n, n]`` in the dtype of the flattened params.
+
+  Raises:
+    TypeError: `loss` not callable, or `params` not floating.
+    ValueError: `params` empty, `loss` not returning a scalar, or
+      `chunk_size` below 1.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> loss = lambda p, x: jnp.sum(x * p ** 2) + p[0] * p[1]
+    >>> sd.full_hessian(loss, jnp.zeros(2), jnp.array([1., 2.]))
+    array([[2., 1.],
+           [1., 4.]], dtype=float32)
   """
   _check_callable('loss', loss)
   if batch is _NO_BATCH:
@@ -262,6 +327,22 @@ def exact_eigenvalues(matrix):
 
   The matrix is symmetrised first: a Hessian assembled from products is only
   symmetric up to rounding.
+
+  Args:
+    matrix: ``[n, n]`` real, symmetric up to a relative 1e-4 (e.g. from
+      `full_hessian` or `dense_matrix`).
+
+  Returns:
+    numpy array ``[n]``, ascending.
+
+  Raises:
+    ValueError: `matrix` not square, not finite, or not symmetric.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> sd.exact_eigenvalues(np.array([[2., 1.], [1., 2.]]))
+    array([1., 3.])
   """
   matrix = arguments.real_array('matrix', matrix, (2,), dtype=None)
   if matrix.shape[0] != matrix.shape[1]:

@@ -32,6 +32,16 @@ class LanczosResult(NamedTuple):
     tridiag: ``[num_draws, order, order]`` symmetric tridiagonal matrices.
     vecs: ``[num_draws, order, dim]`` Lanczos basis (rows), or None.
     num_steps: ``[num_draws]`` valid steps (``order`` unless breakdown).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)              # the operator diag(1, ..., 10)
+    >>> run = sd.lanczos_draws(lambda v: d * v, 10, 4, jax.random.key(0),
+    ...                        num_draws=2, keep_vecs=True)
+    >>> run.tridiag.shape, run.vecs.shape, run.num_steps
+    ((2, 4, 4), (2, 4, 10), array([4, 4]...))
   """
   tridiag: np.ndarray
   vecs: Optional[np.ndarray]
@@ -103,7 +113,8 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
       ``'host'`` (host memory; the device holds only the vectors of one
       product, the recurrence runs on the host CPU), or ``'none'`` (no basis, no
       reorthogonalisation: three vectors; loses orthogonality, so converged
-      Ritz values repeat and the bulk's weights drift; see README).
+      Ritz values repeat and the bulk's weights drift; see the
+      guide, docs/guide/multi_device.md).
     reorth_passes: Gram-Schmidt passes per step (2: "twice is enough").
     keep_vecs: return the basis (not with ``basis='none'``).
     tol: relative breakdown tolerance in ``[0, 1)``; default ``10 x eps`` of
@@ -135,6 +146,23 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
       are in `arguments`).
     FloatingPointError: a product returned a non-finite value; the run stops
       at that step and the message names the step and the draw.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)              # the operator diag(1, ..., 10)
+    >>> run = sd.lanczos_draws(lambda v: d * v, 10, 10, jax.random.key(0),
+    ...                        num_draws=3)
+    >>> run.tridiag.shape                    # [num_draws, order, order]
+    (3, 10, 10)
+    >>> np.round(np.linalg.eigvalsh(run.tridiag[0]), 3)   # order = dim: exact
+    array([ 1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9., 10.], dtype=float32)
+    >>> sd.lanczos_draws(lambda v: d * v, 10, 11, jax.random.key(0))
+    Traceback (most recent call last):
+    ...
+    ValueError: order: must satisfy 1 <= order <= dim = 10, got 11.
   """
   dim, order, num_draws = arguments.check_sizes(matvec, dim, order, num_draws)
   is_operator = isinstance(matvec, operators.Operator)
@@ -221,6 +249,23 @@ def lanczos_alg(matvec, dim, order, rng_key, **kwargs):
 
   Returns:
     ``(tridiag [order, order], vecs [order, dim] or None)``.
+
+  Raises:
+    ValueError, TypeError, FloatingPointError: as `lanczos_draws`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)              # the operator diag(1, ..., 10)
+    >>> tridiag, vecs = sd.lanczos_alg(lambda v: d * v, 10, 4,
+    ...                                jax.random.key(0))
+    >>> tridiag.shape, vecs.shape            # [order, order], [order, dim]
+    ((4, 4), (4, 10))
+    >>> get_tridiag = jax.jit(
+    ...     lambda key: sd.lanczos_alg(lambda v: d * v, 10, 4, key)[0])
+    >>> get_tridiag(jax.random.key(0)).shape          # traceable, as the original
+    (4, 4)
   """
   kwargs.setdefault('keep_vecs', kwargs.get('basis', 'device') != 'none')
   result = lanczos_draws(matvec, dim, order, rng_key, **kwargs)

@@ -380,6 +380,23 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
 
   Raises:
     ValueError, TypeError: a bad argument, named in the message.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> def loss(params, batch):             # least squares: H = X^T X / N
+    ...   return 0.5 * jnp.mean((batch['x'] @ params['w'] - batch['y']) ** 2)
+    >>> x = np.arange(12.).reshape(6, 2) / 6
+    >>> data = {'x': x, 'y': np.ones(6)}
+    >>> hvp_fn, unravel, n = sd.get_hvp_fn(loss, {'w': jnp.zeros(2)}, data,
+    ...                                    batch_size=4)   # batches of 4 and 2
+    >>> n
+    2
+    >>> np.allclose(hvp_fn(jnp.array([1., 0.])), x.T @ x[:, 0] / 6, atol=1e-6)
+    True
+    >>> unravel(jnp.array([1., 2.]))
+    {'w': Array([1., 2.], dtype=float32)}
   """
   if curvature not in hessian.CURVATURES:
     raise ValueError(

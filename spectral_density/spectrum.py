@@ -45,6 +45,12 @@ from spectral_density import operators
 class SpectrumResult:
   """Quadrature of `num_draws` Lanczos runs of order `order` on a `dim` operator.
 
+  What `slq`, `hessian_spectrum` and `lanczos_draws` (through
+  `from_lanczos`) give; every estimator below comes from it without further
+  products. With kept bases (``keep_vecs=True``) and at least 2 draws, the
+  trace and spectral sums are deflated, and `ritz_vectors`,
+  `subspace_fraction` and `subspace_overlap` work.
+
   Attributes:
     tridiag: ``[num_draws, order, order]``.
     nodes: ``[num_draws, order]`` Gauss nodes (Ritz values), ascending.
@@ -58,6 +64,24 @@ class SpectrumResult:
       `subspace_fraction` give and take parameter pytrees. Not saved.
 
   Two results compare equal (``==``) when their arrays are equal.
+
+  Raises:
+    ValueError: `tridiag` not ``[num_draws, order, order]``, `nodes`,
+      `weights` or `num_steps` shaped otherwise, or `dim` below 1.
+
+  Example:
+    The operator diag(1, ..., 10), order 8, 3 draws, bases kept (the
+    examples of the methods use this `result`):
+
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)
+    >>> result = sd.slq(lambda v: d * v, 10, order=8, num_draws=3,
+    ...                 keep_vecs=True)
+    >>> result.num_draws, result.order, result.dim, result.nodes.shape
+    (3, 8, 10, (3, 8))
+    >>> round(result.lambda_max, 4), round(result.lambda_min, 4)
+    (9.9999, 1.0)
   """
   tridiag: np.ndarray
   nodes: np.ndarray
@@ -94,24 +118,83 @@ class SpectrumResult:
 
   @classmethod
   def from_lanczos(cls, result, dim):
-    """From a `lanczos.LanczosResult`."""
+    """From a `LanczosResult` (of `lanczos_draws`): its Gauss quadrature.
+
+    Args:
+      result: `LanczosResult` of a run on a `dim`-dimensional operator.
+      dim: the operator's size.
+
+    Returns:
+      `SpectrumResult`.
+
+    Raises:
+      ValueError: `dim` below 1, or `result`'s arrays of inconsistent shapes.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import spectral_density as sd
+      >>> d = jnp.arange(1., 11.)
+      >>> run = sd.lanczos_draws(lambda v: d * v, 10, 8, jax.random.key(0),
+      ...                        num_draws=3, keep_vecs=True)
+      >>> round(sd.SpectrumResult.from_lanczos(run, 10).lambda_max, 4)
+      9.9999
+    """
     nodes, weights = density_lib.tridiag_to_eigv(result.tridiag)
     return cls(np.asarray(result.tridiag), nodes, weights,
                np.asarray(result.num_steps), int(dim), result.vecs)
 
   @property
   def num_draws(self):
+    """The number of draws (independent start vectors), an int.
+
+    Example:
+      >>> result.num_draws
+      3
+    """
     return self.tridiag.shape[0]
 
   @property
   def order(self):
+    """Lanczos steps per draw (the tridiagonals' size), an int.
+
+    Example:
+      >>> result.order
+      8
+    """
     return self.tridiag.shape[1]
 
   def _valid(self):
     return np.arange(self.order)[None, :] < self.num_steps[:, None]
 
   def density(self, grid=None, sigma=None, **kwargs):
-    """``(density [grid_len], grid [grid_len])``; see `eigv_to_density`."""
+    """The smoothed spectral density: Gaussian kernels at the nodes, averaged
+    over the draws.
+
+    Args:
+      grid: ``[grid_len]`` evaluation points; default a grid that holds every
+        kernel.
+      sigma: the kernel's standard deviation in eigenvalue units (the paper
+        uses a fraction of ``lambda_max - lambda_min``).
+      **kwargs: `grid_len`, `normalize`, ...; see `eigv_to_density`.
+
+    Returns:
+      ``(density [grid_len], grid [grid_len])``, the density integrating to 1
+      over the grid unless ``normalize=False``.
+
+    Raises:
+      ValueError, TypeError: `sigma` not finite and > 0, and the other checks
+        of `eigv_to_density`.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import numpy as np
+      >>> density, grid = result.density(sigma=0.1)
+      >>> density.shape == grid.shape, round(float(np.trapezoid(density, grid)), 6)
+      (True, 1.0)
+    """
     return density_lib.eigv_to_density(self.nodes, self.weights, grid,
                                        sigma=sigma, **kwargs)
 
@@ -123,7 +206,28 @@ class SpectrumResult:
     return k
 
   def top_eigenvalues(self, k):
-    """``[k]`` estimates of the k largest eigenvalues, descending."""
+    """Estimates of the `k` largest eigenvalues, descending.
+
+    Per rank, the largest Ritz value over the draws (each is a lower bound of
+    the eigenvalue of that rank).
+
+    Args:
+      k: how many, in ``[1, valid Lanczos steps]``.
+
+    Returns:
+      numpy array ``[k]``.
+
+    Raises:
+      TypeError: `k` not an int.
+      ValueError: `k` outside ``[1, valid steps]``.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> result.top_eigenvalues(3).round(2)
+      array([10.  ,  9.  ,  7.88])
+    """
     k = self._check_k(k, int(self.num_steps.max()))
     ritz = np.where(self._valid(), self.nodes, -np.inf)
     top = -np.sort(-ritz, axis=1)[:, :k]
@@ -131,14 +235,51 @@ class SpectrumResult:
 
   @property
   def lambda_max(self):
+    """The largest eigenvalue's estimate (the largest Ritz value), a float.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> round(result.lambda_max, 4)
+      9.9999
+    """
     return float(self.top_eigenvalues(1)[0])
 
   @property
   def lambda_min(self):
+    """The smallest eigenvalue's estimate (the smallest valid Ritz value), a
+    float.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> round(result.lambda_min, 4)
+      1.0
+    """
     return float(np.where(self._valid(), self.nodes, np.inf).min())
 
   def eigenvalue_ratio(self, k):
-    """``lambda_1 / lambda_k``, the paper's outlier measure (k = classes)."""
+    """``lambda_1 / lambda_k``, the paper's outlier measure (k = classes).
+
+    Args:
+      k: the rank of the denominator, in ``[1, valid steps]``.
+
+    Returns:
+      float.
+
+    Raises:
+      TypeError, ValueError: as `top_eigenvalues`; ValueError also when the
+        estimate of ``lambda_k`` is 0.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> round(result.eigenvalue_ratio(2), 3)      # exact: 10 / 9 = 1.111
+      1.112
+    """
     top = self.top_eigenvalues(k)
     if top[k - 1] == 0:
       raise ValueError(f'k: the estimate of lambda_{k} is 0, so lambda_1 / '
@@ -147,16 +288,43 @@ class SpectrumResult:
 
   @property
   def trace(self):
-    """The trace: deflated by the other draws' Krylov spaces when the bases
-    are kept and there are >= 2 draws (`deflation.deflated_trace_samples`),
-    else ``n * mean over draws of v^T A v`` (Hutchinson with unit vectors)."""
+    """The trace estimate, a float.
+
+    Deflated by the other draws' Krylov spaces when the bases are kept and
+    there are >= 2 draws (`deflation.deflated_trace_samples`), else ``n * mean
+    over draws of v^T A v`` (Hutchinson with unit vectors); `trace_stderr` is
+    its standard error.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> round(result.trace, 3)                  # diag(1, ..., 10): 55
+      55.0
+    """
     return float(np.mean(self._trace_samples()))
 
   def negative_mass(self, sigma=None):
     """Integral of the density below 0, averaged over draws.
 
     Args:
-      sigma: kernel width; None gives the unsmoothed quadrature's mass.
+      sigma: kernel width; None gives the unsmoothed quadrature's mass (the
+        Gauss weight on negative nodes).
+
+    Returns:
+      float in ``[0, 1]``.
+
+    Raises:
+      ValueError: `sigma` not finite and > 0.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> result.negative_mass()                  # a positive definite operator
+      0.0
+      >>> result.negative_mass(sigma=1.0) > 0       # kernels reach below 0
+      True
     """
     if sigma is None:
       mass = np.sum(self.weights * (self.nodes < 0), axis=1)
@@ -166,15 +334,34 @@ class SpectrumResult:
     return float(np.mean(mass))
 
   def ritz_vectors(self, k, draw=None, *, pytree=False):
-    """``[k, dim]`` unit Ritz vectors of the k largest Ritz values.
+    """Unit Ritz vectors of the `k` largest Ritz values of one draw.
 
     Args:
-      k: number of vectors.
+      k: number of vectors, in ``[1, the draw's valid steps]``.
       draw: which draw's basis; default the draw whose top Ritz value is
         largest.
       pytree: give the vectors as one parameter pytree whose leaves have a
         leading axis ``[k, *leaf.shape]`` (needs `params_like`, which
         `hessian_spectrum` keeps); default a ``[k, dim]`` array.
+
+    Returns:
+      numpy array ``[k, dim]``, rows in descending order of their Ritz values;
+      with ``pytree=True`` a parameter pytree of ``[k, *leaf.shape]`` leaves.
+
+    Raises:
+      ValueError: the basis was not kept (``keep_vecs=False``), `draw` outside
+        ``[0, num_draws)``, or `k` out of range; ``pytree=True``
+        without `params_like`.
+      TypeError: `k` or `draw` not an int.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import numpy as np
+      >>> vectors = result.ritz_vectors(2)
+      >>> vectors.shape, int(np.abs(vectors[0]).argmax())   # the top one is e_10
+      ((2, 10), 9)
     """
     if self.vecs is None:
       raise ValueError('ritz_vectors needs the Lanczos basis: run with '
@@ -212,9 +399,27 @@ class SpectrumResult:
     concentration in the outlier eigenspace.
 
     Args:
-      vector: ``[dim]`` flat vector, or a parameter pytree (raveled in
-        `jax.flatten_util.ravel_pytree` order, the order of `get_hvp_fn`).
-      k: number of top Ritz vectors spanning the subspace.
+      vector: ``[dim]`` real, nonzero (e.g. ``hvp_fn.gradient()``), or a
+        parameter pytree (raveled in `jax.flatten_util.ravel_pytree` order, the
+        order of `get_hvp_fn`).
+      k: the subspace's dimension, as `ritz_vectors`.
+
+    Returns:
+      float in ``[0, 1]``.
+
+    Raises:
+      ValueError: `vector` zero, not finite, not ``[dim]``, a pytree of another structure; the basis not kept;
+        `k` out of range.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import numpy as np
+      >>> round(result.subspace_fraction(np.eye(10)[9], k=1), 4)   # e_10
+      1.0
+      >>> round(result.subspace_fraction(np.ones(10), k=1), 4)     # exact: 1/10
+      0.0985
     """
     if not isinstance(vector, (np.ndarray, jax.Array)):
       if self.params_like is not None:
@@ -259,8 +464,19 @@ class SpectrumResult:
 
   @property
   def trace_stderr(self):
-    """Standard error of `trace`: the spread of its per-draw estimates over
-    the square root of the number of draws (needs >= 2 draws)."""
+    """Standard error of `trace`, a float: the spread of its per-draw estimates
+    over the square root of the number of draws.
+
+    Raises:
+      ValueError: fewer than 2 draws.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> result.trace_stderr < 1e-3
+      True
+    """
     if self.num_draws < 2:
       raise ValueError('trace_stderr: needs num_draws >= 2, got 1.')
     samples = self._trace_samples()
@@ -284,11 +500,43 @@ class SpectrumResult:
     Args:
       fn: vectorised ``f`` on eigenvalues, e.g. ``lambda x: np.log(x + d)``
         (a log-determinant) or ``np.square`` (the squared Frobenius norm).
+
+    Returns:
+      float.
+
+    Raises:
+      TypeError: `fn` cannot be called on an array of eigenvalues.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import numpy as np
+      >>> round(result.spectral_sum(np.square), 2)   # sum of j^2: 385
+      385.0
     """
     return float(np.mean(self._sum_samples(fn)))
 
   def spectral_sum_stderr(self, fn):
-    """Standard error of `spectral_sum` from the spread over draws."""
+    """Standard error of `spectral_sum` from the spread over draws.
+
+    Args:
+      fn: as `spectral_sum`.
+
+    Returns:
+      float.
+
+    Raises:
+      ValueError: fewer than 2 draws.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import numpy as np
+      >>> result.spectral_sum_stderr(np.square) < 1e-2
+      True
+    """
     if self.num_draws < 2:
       raise ValueError('spectral_sum_stderr: needs num_draws >= 2, got 1.')
     samples = self._sum_samples(fn)
@@ -308,6 +556,22 @@ class SpectrumResult:
 
     Returns:
       `cdf_band.CDFBand`: ``(cdf, lower, upper, grid)``.
+
+    Args:
+      level: the band's confidence, in ``(0, 1)``.
+      grid: ``[grid_len]`` evaluation points; default one spanning the nodes.
+      uniform: a band that holds at all points at once (wider).
+
+    Raises:
+      ValueError: `level` outside ``(0, 1)``, or `grid` not 1-D.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> band = result.cdf_band(level=0.9)
+      >>> bool((band.lower <= band.cdf).all() and (band.cdf <= band.upper).all())
+      True
     """
     return cdf_band_lib.cdf_band(self.nodes, self.weights, self.num_steps,
                                  self.dim, level, grid, uniform)
@@ -315,21 +579,80 @@ class SpectrumResult:
   def effective_rank(self, z):
     """``sum_j lambda_j / (lambda_j + z)`` over the positive eigenvalues: the
     number of directions with curvature above `z` (the effective
-    dimensionality of MacKay 1992 and Maddox, Benton & Wilson 2020)."""
+    dimensionality of MacKay 1992 and Maddox, Benton & Wilson 2020).
+
+    Args:
+      z: the curvature scale, > 0.
+
+    Returns:
+      float in ``[0, dim]``.
+
+    Raises:
+      ValueError: `z` not > 0.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> round(result.effective_rank(1.0), 3)   # sum of j / (j + 1)
+      7.98
+    """
     if not z > 0:
       raise ValueError(f'z: must be > 0, got {z}.')
     positive = lambda x: np.maximum(x, 0.0)
     return self.spectral_sum(lambda x: positive(x) / (positive(x) + z))
 
   def density_band(self, sigma, level=0.9, grid=None):
-    """``(lower, upper, grid)``: a pointwise `level` confidence band of the
-    smoothed density (not renormalised) from the spread over draws; see
-    `estimators.density_band`."""
+    """A pointwise confidence band of the smoothed density, from the spread over
+    draws (not renormalised); see `estimators.density_band`.
+
+    Args:
+      sigma: the kernel's standard deviation, as `density`.
+      level: the band's confidence, in ``(0, 1)``.
+      grid: ``[grid_len]`` evaluation points; default one that holds every
+        kernel.
+
+    Returns:
+      ``(lower [grid_len], upper [grid_len], grid [grid_len])``.
+
+    Raises:
+      ValueError: `sigma` not finite and > 0, `level` outside ``(0, 1)``, or
+        fewer than 2 draws.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> lower, upper, grid = result.density_band(sigma=0.5, level=0.9)
+      >>> bool((lower <= upper).all()), lower.shape == grid.shape
+      (True, True)
+    """
     return estimators.density_band(self.nodes, self.weights, sigma, level,
                                    grid)
 
   def summary(self, k=10):
-    """A dict of the scalar estimators (JSON-ready)."""
+    """The scalar estimators, JSON-ready.
+
+    Args:
+      k: the rank of ``lambda_1 / lambda_k`` (capped at the fewest valid
+        steps of any draw).
+
+    Returns:
+      dict: ``lambda_max``, ``lambda_min``, ``lambda_1/lambda_k``, ``trace``,
+      ``negative_mass``, ``order``, ``num_draws``, ``dim``.
+
+    Raises:
+      TypeError, ValueError: `k` not a positive int.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> summary = result.summary(k=2)
+      >>> sorted(summary)
+      ['dim', 'lambda_1/lambda_2', 'lambda_max', 'lambda_min', 'negative_mass',
+       'num_draws', 'order', 'trace']
+    """
     k = min(arguments.positive_int('k', k), int(self.num_steps.min()))
     return {
         'lambda_max': self.lambda_max, 'lambda_min': self.lambda_min,
@@ -339,13 +662,28 @@ class SpectrumResult:
     }
 
   def save(self, path):
-    """Writes the arrays to `path` as `.npz`, readable by `load(path)`.
+    """Writes the arrays to an `.npz` file that `SpectrumResult.load` reads.
 
-    Like `numpy.savez`, adds ``.npz`` to a name without it; `load` does the
-    same, so ``save('x')`` and ``load('x')`` name one file, ``x.npz``.
+    Args:
+      path: a file name or open file. Like `numpy.savez`, ``.npz`` is added to
+        a name without it; `load` does the same, so ``save('x')`` and
+        ``load('x')`` name one file, ``x.npz``.
 
     Returns:
       The file name written.
+
+    Raises:
+      OSError: the file cannot be written.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), 'spectrum.npz')
+      >>> _ = result.save(path)
+      >>> sd.SpectrumResult.load(path).lambda_max == result.lambda_max
+      True
     """
     path = _npz_path(path)
     arrays = {f.name: getattr(self, f.name)
@@ -357,13 +695,54 @@ class SpectrumResult:
 
   @classmethod
   def load(cls, path):
-    """The result `save(path)` wrote (``.npz`` added as `save` adds it)."""
+    """Reads a `SpectrumResult` written by `save`.
+
+    Args:
+      path: the file `save(path)` wrote (``.npz`` added as `save` adds it).
+
+    Returns:
+      `SpectrumResult`, with `vecs` if they were saved.
+
+    Raises:
+      OSError: the file cannot be read.
+      ValueError: its arrays are not those of a `SpectrumResult`.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), 'spectrum.npz')
+      >>> _ = result.save(path)
+      >>> loaded = sd.SpectrumResult.load(path)
+      >>> loaded.num_draws, loaded.vecs.shape
+      (3, (3, 8, 10))
+    """
     with np.load(_npz_path(path)) as f:
       kw = {k: f[k] for k in f.files}
     kw['dim'] = int(kw['dim'])
     return cls(**kw)
 
   def to_json(self, k=10):
+    """`summary` as a JSON string.
+
+    Args:
+      k: as `summary`.
+
+    Returns:
+      str.
+
+    Raises:
+      TypeError, ValueError: as `summary`.
+
+    Example:
+    With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
+    3 draws, kept bases):
+
+      >>> import json
+      >>> json.loads(result.to_json(k=2))['order']
+      8
+    """
     return json.dumps(self.summary(k))
 
 
@@ -400,6 +779,19 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
 
   Returns:
     `SpectrumResult`.
+
+  Raises:
+    TypeError: `matvec` not callable; and the checks of `lanczos_draws`
+      (named in the message).
+    FloatingPointError: a product returned a non-finite value.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 101.)             # diag(1, ..., 100)
+    >>> result = sd.slq(lambda v: d * v, 100, order=20, num_draws=2)
+    >>> round(result.lambda_max, 3), round(result.lambda_min, 3)  # 20 of 100 steps
+    (99.992, 1.005)
   """
   if not callable(matvec):
     raise TypeError(f'matvec: must be callable [dim] -> [dim], got '

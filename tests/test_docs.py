@@ -10,6 +10,7 @@ import pkgutil
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,8 +98,14 @@ def test_docstring_examples_run(module):
   finder = doctest.DocTestFinder(exclude_empty=True)
   runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS |
                                  doctest.NORMALIZE_WHITESPACE)
-  for test in finder.find(mod, f'spectral_density.{module}',
-                          globs={'np': np, 'sd': sd}):
+  globs = {'np': np, 'sd': sd}
+  if module == 'spectrum':
+    # The `result` of SpectrumResult's example, which its methods' examples
+    # use (one compiled run instead of one per method).
+    d = jnp.arange(1., 11.)
+    globs['result'] = sd.slq(lambda v: d * v, 10, order=8, num_draws=3,
+                             keep_vecs=True)
+  for test in finder.find(mod, f'spectral_density.{module}', globs=globs):
     runner.run(test)
   results = runner.summarize(verbose=False)
   assert results.failed == 0, f'{results.failed} of {results.attempted} failed'
