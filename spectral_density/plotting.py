@@ -65,17 +65,25 @@ def density_caption(sigma, *, order=None, num_draws=None, num_examples=None):
 
 def annotate_density(ax, sigma, *, order=None, num_draws=None,
                      num_examples=None):
-  """Writes `density_caption` in the axes' top left corner (replacing one
-  written before); returns the text artist (its gid is `CAPTION_GID`)."""
+  """Writes `density_caption` under the axes' x label (replacing one written
+  before), where no curve or legend can cover it; returns the text artist
+  (its gid is `CAPTION_GID`).
+
+  Example:
+    >>> ax = plot_density(grid, density)                  # doctest: +SKIP
+    >>> annotate_density(ax, 0.01, order=90, num_draws=10,
+    ...                  num_examples=3000)               # doctest: +SKIP
+  """
   caption = density_caption(sigma, order=order, num_draws=num_draws,
                             num_examples=num_examples)
   for text in ax.texts:
     if text.get_gid() == CAPTION_GID:
       text.remove()
-  return ax.text(0.01, 0.98, caption, transform=ax.transAxes, ha='left',
-                 va='top', fontsize=8, gid=CAPTION_GID,
-                 bbox={'facecolor': 'white', 'alpha': 0.8,
-                       'edgecolor': 'none', 'pad': 1})
+  # Placed relative to the x label's box, resolved when drawn: it stays
+  # under the label whatever the label says by then.
+  return ax.annotate(caption, xy=(0.5, 0), xycoords=ax.xaxis.label,
+                     xytext=(0, -2), textcoords='offset points', ha='center',
+                     va='top', fontsize=8, gid=CAPTION_GID)
 
 
 def _result_sigma(result):
