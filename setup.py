@@ -17,6 +17,11 @@ EXPERIMENTS = [
 # install cell keeps the runtime's packages, and a higher floor would make
 # pip fail there (or, unconstrained, upgrade jax past Colab's CUDA plugin).
 
+# Models as users write them today, for `spectral_density.adapters` (imported
+# only inside its helpers): Flax NNX (`nnx.view`, `nnx.merge(copy=True)`:
+# flax 0.12) and Equinox.
+MODELS = ['flax>=0.12', 'equinox>=0.13']
+
 setuptools.setup(
     name='spectral_density',
     version='0.1.0',
@@ -40,7 +45,8 @@ setuptools.setup(
     extras_require={
         'experiments': EXPERIMENTS,
         'tfds': ['tensorflow-datasets>=4.9'],
-        'test': EXPERIMENTS + [
+        'models': MODELS,
+        'test': EXPERIMENTS + MODELS + [
             'pytest>=8', 'pytest-xdist>=3.5', 'hypothesis>=6.100',
             'nbclient>=0.10',
             'nbformat>=5.10', 'ipykernel>=6.29', 'jupytext>=1.16',
