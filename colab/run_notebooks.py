@@ -25,7 +25,8 @@ COLAB_DIR = pathlib.Path(__file__).resolve().parent
 REPO = COLAB_DIR.parent
 FIGURE_DIR = REPO / 'docs' / 'figures'
 FIGURE_TAG = 'readme-figure'
-NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers')
+NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers',
+             'transformer_blocks')
 
 
 def execute(notebook, timeout_s):

@@ -31,7 +31,8 @@ SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
 CELL_TIMEOUT_S = 1800
 FIGURE_TAG = 'readme-figure'
 SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
-NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers')
+NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model', 'beyond_peers',
+             'transformer_blocks')
 MAX_NOTEBOOK_BYTES = 1_000_000
 
 
