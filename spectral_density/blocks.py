@@ -103,7 +103,9 @@ ROLE_PATTERNS = (
      r'(?:mlp|ffn|feed_forward)[^/]*/(?:fc_out|c_proj|fc2|wo|down_proj|'
      r'Dense_1)(?:/|$)|' + _COMPONENT.format(r'fc_out|fc2|down_proj')),
 )
-ROLES = tuple(role for role, _ in ROLE_PATTERNS) + ('other',)
+# The roles in the order of a forward pass (the blocks' order of `per_role`).
+ROLES = ('embedding', 'query', 'key', 'value', 'attention_output', 'mlp_in',
+         'mlp_out', 'norm', 'head', 'other')
 _ROLE_RES = tuple((role, re.compile(pattern, re.IGNORECASE))
                   for role, pattern in ROLE_PATTERNS)
 
@@ -381,7 +383,7 @@ class BlockSpectra(dict):
 def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
                   batch_size=None, order=90, num_draws=1, rng_key=None,
                   curvature='hessian', devices=None, include_full=True,
-                  **kwargs):
+                  restricted_products=True, **kwargs):
   """Spectra of the diagonal Hessian blocks (and the full one) in one run.
 
   Args:
@@ -393,6 +395,7 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
       size (breakdown).
     num_draws: draws per block (and for the full Hessian).
     rng_key: PRNG key; default ``jax.random.key(0)``.
+    restricted_products: see `block_spectra_of`.
     include_full: also run `num_draws` draws of the full Hessian in the same
       batch, for `BlockSpectra.full` and `BlockSpectra.distance`.
     **kwargs: Lanczos options (`precision`, `keep_vecs`, ...), as `slq`;
@@ -424,12 +427,19 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
       devices=devices)
   return block_spectra_of(hvp_fn, params, blocks=blocks, depth=depth,
                           order=order, num_draws=num_draws, rng_key=rng_key,
-                          include_full=include_full, **kwargs)
+                          include_full=include_full,
+                          restricted_products=restricted_products, **kwargs)
 
 
 def block_spectra_of(matvec, params, *, blocks=None, depth=None, order=90,
-                     num_draws=1, rng_key=None, include_full=True, **kwargs):
-  """`block_spectra` of an operator on ``ravel_pytree(params)`` vectors."""
+                     num_draws=1, rng_key=None, include_full=True,
+                     restricted_products=True, **kwargs):
+  """`block_spectra` of an operator on ``ravel_pytree(params)`` vectors.
+
+  `restricted_products=False` keeps the operator's full products on the
+  masked rows (one compiled product for all blocks instead of one per block:
+  for many blocks of a small model, compiling costs more than the products).
+  """
   num_draws = int(num_draws)
   if num_draws < 1:
     raise ValueError(f'num_draws: must be >= 1, got {num_draws}.')
@@ -439,7 +449,7 @@ def block_spectra_of(matvec, params, *, blocks=None, depth=None, order=90,
   rows = np.stack([np.ones(num_params) if name == FULL else masks[name]
                    for name in names])
   projection = np.tile(rows, (num_draws, 1))   # [draws x names, n]
-  if hasattr(matvec, 'restrict_rows'):
+  if restricted_products and hasattr(matvec, 'restrict_rows'):
     matvec = matvec.restrict_rows(
         [None if name == FULL else block_leaves(params, masks[name])
          for name in names])

@@ -4,6 +4,7 @@ blocks of its `jax.hessian`, Jensen-Shannon distances against closed forms,
 and the preconditioned operator P^-1/2 A P^-1/2 against the dense matrix."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,50 @@ def _tiny_gpt(seed=0):
            (9, 4, 14, 7)]
   data = datasets.byte_sequences(texts, 6)
   return model, params, data
+
+
+@functools.lru_cache(maxsize=1)
+def _whole_set_hessian():
+  """jax.hessian of the mean per-token loss over the whole set, written
+  directly (all real tokens at once), float64: the reference."""
+  with jax.enable_x64(True):
+    model, params, data = _tiny_gpt()
+    flat, unravel = ravel_pytree(params)
+
+    def mean_token_loss(f):
+      tokens = jnp.asarray(data['tokens'])
+      logits = model.apply({'params': unravel(f)}, tokens[:, :-1])
+      logp = jax.nn.log_softmax(logits)
+      nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+      return jnp.sum(nll * data['mask']) / jnp.sum(data['mask'])
+
+    return np.asarray(jax.jit(jax.hessian(mean_token_loss))(flat))
+
+
+def test_lm_hessian_is_the_per_token_mean_whatever_the_batching():
+  """Padded sequences weighted by their real tokens: H v of the operator is
+  the whole set's mean per-token loss's, for two batchings on 1 and on 8
+  devices and for streamed batches of unequal sizes."""
+  hessian = _whole_set_hessian()
+  with jax.enable_x64(True):
+    model, params, data = _tiny_gpt()
+    assert data['mask'].shape == (7, 6) and data['mask'].min() == 0
+    loss = transformer.make_loss_fn(model,
+                                    transformer.tokens_per_example(data))
+    v = np.random.default_rng(0).standard_normal((2, hessian.shape[0]))
+    expected = v @ hessian
+    products = []
+    for batch_size, devices in ((3, jax.devices()[:1]), (4, jax.devices())):
+      op, _, _ = sd.get_hvp_fn(loss, params, data, batch_size=batch_size,
+                               devices=devices)
+      products.append(np.asarray(op(v)))
+    streamed, _, _ = sd.get_hvp_fn(
+        loss, params, [jax.tree.map(lambda x: x[:2], data),
+                       jax.tree.map(lambda x: x[2:], data)])
+    products.append(np.asarray(streamed(v)))
+  for product in products:
+    np.testing.assert_allclose(product, expected, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected).max())
 
 
 def test_built_in_rules_name_the_blocks_of_a_transformer():
@@ -91,9 +136,7 @@ def test_block_densities_are_those_of_the_dense_diagonal_blocks():
     model, params, data = _tiny_gpt()
     loss = transformer.make_loss_fn(model,
                                     transformer.tokens_per_example(data))
-    flat, unravel = ravel_pytree(params)
-    whole = lambda f: loss(unravel(f), jax.tree.map(jnp.asarray, data))
-    hessian = np.asarray(jax.jit(jax.hessian(whole))(flat))
+    hessian = _whole_set_hessian()
     # Three blocks of the roles Zhang et al. contrast (the rules' names are
     # tested above; each block compiles a product of its own).
     rule = {'query_key': r'/attn/(query|key)/', 'mlp_out': r'mlp/fc_out',

@@ -36,7 +36,7 @@ CELL_TIMEOUT_S = 1800
 FIGURE_TAG = 'readme-figure'
 SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
 NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model',
-             'blocks_error_bars_tracking')
+             'blocks_error_bars_tracking', 'transformer_blocks')
 MAX_NOTEBOOK_BYTES = 1_000_000
 
 
