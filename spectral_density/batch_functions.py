@@ -3,8 +3,9 @@
 `batch_function(curvature, loss, kind)` is ``f(params, batch, v) -> flat``:
 the curvature product of a batch of vectors ``v [k, n]`` (vmapped, so the
 draws share the forward pass), the flat gradient, or the mean loss. It is
-cached on its arguments, so that every operator of the same loss shares one
-function object, hence one compiled program (see `function_keys`).
+cached on its arguments (the loss by identity, as `jax.jit`), so that every
+operator of the same loss object shares one function object, hence one
+compiled program (see `function_keys`).
 """
 
 import functools

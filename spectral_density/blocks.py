@@ -462,15 +462,8 @@ def block_spectra_of(matvec, params, *, blocks=None, depth=None, order=90,
   out = BlockSpectra()
   out.sizes = {name: int(masks[name].sum()) for name in masks}
   for i, name in enumerate(names):
-    draws = slice(i, None, len(names))
-    vecs = None
-    if run.vecs is not None:
-      vecs = run.vecs[draws] if name == FULL else (
-          run.vecs[draws][..., masks[name] > 0])
-    size = num_params if name == FULL else out.sizes[name]
-    result = spectrum.SpectrumResult.from_lanczos(
-        lanczos.LanczosResult(run.tridiag[draws], vecs, run.num_steps[draws]),
-        size)
+    draws = lanczos.select_draws(run, slice(i, None, len(names)))
+    result = spectrum.block_result(draws, rows[i])
     if name == FULL:
       out.full = result
     else:

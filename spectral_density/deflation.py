@@ -34,28 +34,45 @@ whichever pairs are deflated; the deflated pairs only remove the outliers'
 share of the variance (a control variate).
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-_GRAM_RTOL = 1e-10  # basis directions kept: Gram eigenvalue > this x largest
+# Basis directions kept: Gram eigenvalue > GRAM_EPS_FACTOR x eps(basis dtype)
+# x the largest. A direction of Gram eigenvalue g amplifies the rounding of
+# the basis (and of ``A V = V T``, eps relative) by 1 / g in ``Q^T A Q``; in
+# float64 this is the former fixed 1e-10. A fixed 1e-10 kept float32's
+# rounding noise (eps 1.2e-7), so that no Ritz pair of a float32 run counted
+# as converged (issue 19: tr(A^2) 1.5e-1 off, as plain quadrature).
+GRAM_EPS_FACTOR = 4.5e5
+
+
+def gram_rtol(dtype):
+  """The relative Gram eigenvalue threshold of a basis of `dtype`."""
+  return GRAM_EPS_FACTOR * float(np.finfo(np.dtype(dtype)).eps)
 
 
 class PooledBases(NamedTuple):
   """The Gram matrix of all draws' bases and what ``A`` does to them.
 
   Attributes:
-    gram: ``[D m, D m]`` inner products of the basis rows (draw-major).
+    gram: ``[D m, D m]`` inner products of the basis rows (draw-major); 0
+      between draws that are not `linked`.
     blocks: ``[D m, D m]`` block-diagonal tridiagonals: ``A x_i = sum_l
       blocks[l, i] x_l`` for every usable row ``i``.
     usable: per draw, the rows ``j`` with ``A v_j`` inside the stored basis.
     order, dim: ``m`` and ``n``.
+    linked: ``[D, D]`` whether the inner products of two draws' bases are
+      known (draws of one pass; every pair when the bases are kept).
+    rtol: `gram_rtol` of the basis dtype.
   """
   gram: np.ndarray
   blocks: np.ndarray
   usable: list
   order: int
   dim: int
+  linked: np.ndarray
+  rtol: float
 
   @property
   def num_draws(self):
@@ -72,30 +89,46 @@ def _gram(rows, chunk=1 << 16):
   return gram
 
 
-def pooled_bases(tridiag, vecs, num_steps):
-  """`PooledBases` of a run: ``tridiag [D, m, m]``, ``vecs [D, m, n]``,
-  ``num_steps [D]`` (>= 2 draws)."""
+def basis_gram(vecs):
+  """``[D m, D m]`` Gram matrix of kept bases ``vecs [D, m, n]``."""
   num_draws, order, dim = vecs.shape
+  return _gram(np.reshape(vecs, (num_draws * order, dim)))
+
+
+def pooled_bases(tridiag, gram, num_steps, dim, dtype):
+  """`PooledBases` of a run: ``tridiag [D, m, m]``, ``gram [D m, D m]``
+  (`basis_gram`, or `LanczosResult.gram`: NaN between draws of different
+  passes), ``num_steps [D]`` (>= 2 draws), operator size `dim`, basis
+  `dtype`."""
+  num_draws, order = tridiag.shape[:2]
   if num_draws < 2:
     raise ValueError('num_draws: deflation needs >= 2 draws (one deflates, '
                      'the other samples), got 1.')
-  gram = _gram(np.reshape(vecs, (num_draws * order, dim)))
+  gram = np.asarray(gram, np.float64)
+  linked = np.isfinite(gram[::order, ::order])
+  gram = np.where(np.isfinite(gram), gram, 0.0)
   blocks = np.zeros((num_draws * order, num_draws * order))
   for b in range(num_draws):
     k = int(num_steps[b])
     blocks[b * order:b * order + k, b * order:b * order + k] = (
         tridiag[b, :k, :k])
   usable = [int(k) if k < order else int(k) - 1 for k in num_steps]
-  return PooledBases(gram, blocks, usable, order, dim)
+  return PooledBases(gram, blocks, usable, order, int(dim), linked,
+                     gram_rtol(dtype))
 
 
 def _left_out_space(pool, d):
-  """``(rows, coef)``: the usable rows of every draw but `d`, and ``coef``
-  with ``Q = X[rows]^T coef`` orthonormal."""
+  """``(rows, coef)``: the usable rows of every draw linked to `d` but `d`,
+  and ``coef`` with ``Q = X[rows]^T coef`` orthonormal (no columns when no
+  other draw is linked)."""
   rows = np.concatenate([b * pool.order + np.arange(pool.usable[b])
-                         for b in range(pool.num_draws) if b != d])
+                         for b in range(pool.num_draws)
+                         if b != d and pool.linked[d, b]] +
+                        [np.zeros(0, int)]).astype(int)
+  if rows.size == 0:
+    return rows, np.zeros((0, 0))
   evals, evecs = np.linalg.eigh(pool.gram[np.ix_(rows, rows)])
-  keep = evals > _GRAM_RTOL * evals.max()
+  keep = evals > pool.rtol * evals.max()
   return rows, evecs[:, keep] / np.sqrt(evals[keep])
 
 
@@ -110,28 +143,40 @@ def deflated_trace_samples(tridiag, pool):
     ``[num_draws]`` float64, each an unbiased estimate of the trace.
   """
   gram_a = pool.gram @ pool.blocks                        # rows . A rows
-  samples = np.zeros(pool.num_draws)
-  for d in range(pool.num_draws):
-    rows, coef = _left_out_space(pool, d)
-    proj = coef.T @ gram_a[np.ix_(rows, rows)] @ coef     # Q^T A Q
-    proj = 0.5 * (proj + proj.T)
-    u = d * pool.order                                    # start vector row
-    c = coef.T @ pool.gram[rows, u]                       # Q^T u
-    qau = coef.T @ gram_a[rows, u]                        # Q^T A u
-    rest = tridiag[d, 0, 0] - 2 * c @ qau + c @ proj @ c
-    samples[d] = np.trace(proj) + pool.dim * rest
-  return samples
+  return np.array([
+      _deflated_trace_sample(tridiag, pool, gram_a, d,
+                             _left_out_space(pool, d))
+      for d in range(pool.num_draws)])
 
 
-def converged_ritz_pairs(pool, d, residual_rtol=1e-4):
+def _deflated_trace_sample(tridiag, pool, gram_a, d, space):
+  """Draw `d`'s sample, given ``gram_a = gram @ blocks`` and its
+  `_left_out_space`."""
+  rows, coef = space
+  proj = coef.T @ gram_a[np.ix_(rows, rows)] @ coef       # Q^T A Q
+  proj = 0.5 * (proj + proj.T)
+  u = d * pool.order                                      # start vector row
+  c = coef.T @ pool.gram[rows, u]                         # Q^T u
+  qau = coef.T @ gram_a[rows, u]                          # Q^T A u
+  rest = tridiag[d, 0, 0] - 2 * c @ qau + c @ proj @ c
+  return np.trace(proj) + pool.dim * rest
+
+
+def converged_ritz_pairs(pool, d, residual_rtol=1e-4, space=None):
   """Ritz pairs of ``A`` on the left-out space of draw `d` with residual
   ``||A y - theta y|| <= residual_rtol x max |theta|``.
+
+  Args:
+    pool: `pooled_bases` of the run.
+    d: the left-out draw.
+    residual_rtol: convergence threshold, relative to the largest ``|theta|``.
+    space: `_left_out_space(pool, d)`, if already computed.
 
   Returns:
     ``(theta [p], cu [p], residual [p])``: the values, ``y_j . u_d`` (draw
     `d`'s start vector) and the residual norms.
   """
-  rows, coef = _left_out_space(pool, d)
+  rows, coef = space or _left_out_space(pool, d)
   x_q = pool.gram[:, rows] @ coef                         # X . Q, [D m, p]
   a_q = pool.blocks[:, rows] @ coef                       # A Q = X^T a_q
   proj = x_q.T @ a_q                                      # Q^T A Q
@@ -140,9 +185,51 @@ def converged_ritz_pairs(pool, d, residual_rtol=1e-4):
   embed[rows] = coef                                      # Q = X^T embed
   resid = a_q @ z - (embed @ z) * theta                   # A y - theta y
   norms = np.sqrt(np.maximum(np.sum(resid * (pool.gram @ resid), axis=0), 0))
-  keep = norms <= residual_rtol * np.max(np.abs(theta))
+  keep = norms <= residual_rtol * np.max(np.abs(theta), initial=0.0)
   cu = (x_q[d * pool.order] @ z)[keep]                    # y . u_d
   return theta[keep], cu, norms[keep]
+
+
+class Deflated(NamedTuple):
+  """What the deflated trace and spectral sums need, kept after the bases
+  are gone (`deflate`); ``p`` is the most converged pairs of any draw.
+
+  Attributes:
+    trace_samples: ``[D]`` `deflated_trace_samples`.
+    ritz_values: ``[D, p]`` per draw ``d``, the converged Ritz values of the
+      other draws' space (`converged_ritz_pairs`), NaN-padded.
+    ritz_overlaps: ``[D, p]`` their ``y_j . u_d``, NaN-padded.
+  """
+  trace_samples: np.ndarray
+  ritz_values: np.ndarray
+  ritz_overlaps: np.ndarray
+
+  def ritz_pairs(self):
+    """Per draw ``(theta [p_d], cu [p_d])`` without the padding."""
+    return [(t[np.isfinite(t)], c[np.isfinite(t)])
+            for t, c in zip(self.ritz_values, self.ritz_overlaps)]
+
+
+def deflate(tridiag, gram, num_steps, dim, dtype):
+  """`Deflated` of a run (`pooled_bases`' arguments), or None with fewer
+  than 2 draws."""
+  tridiag = np.asarray(tridiag)
+  if tridiag.shape[0] < 2 or gram is None:
+    return None
+  pool = pooled_bases(tridiag, gram, num_steps, dim, dtype)
+  gram_a = pool.gram @ pool.blocks
+  # One eigendecomposition of each left-out Gram matrix serves both.
+  spaces = [_left_out_space(pool, d) for d in range(pool.num_draws)]
+  trace = np.array([_deflated_trace_sample(tridiag, pool, gram_a, d, space)
+                    for d, space in enumerate(spaces)])
+  pairs = [converged_ritz_pairs(pool, d, space=space)
+           for d, space in enumerate(spaces)]
+  width = max([1] + [theta.size for theta, _, _ in pairs])
+  values = np.full((pool.num_draws, width), np.nan)
+  overlaps = np.full((pool.num_draws, width), np.nan)
+  for d, (theta, cu, _) in enumerate(pairs):
+    values[d, :theta.size], overlaps[d, :theta.size] = theta, cu
+  return Deflated(trace, values, overlaps)
 
 
 def deflated_sum_samples(nodes, weights, dim, ritz_pairs, fn):
@@ -152,12 +239,13 @@ def deflated_sum_samples(nodes, weights, dim, ritz_pairs, fn):
   Args:
     nodes, weights: ``[num_draws, order]`` Gauss rules of the draws.
     dim: operator size ``n``.
-    ritz_pairs: per draw ``d``, `converged_ritz_pairs` of its left-out space.
+    ritz_pairs: per draw ``d``, ``(theta, cu)`` of the converged Ritz pairs
+      of its left-out space (`Deflated.ritz_pairs`).
     fn: vectorised ``f``.
   """
   quad = spectral_sum_samples(nodes, weights, 1, fn)
   samples = np.zeros(len(ritz_pairs))
-  for d, (theta, cu, _) in enumerate(ritz_pairs):
+  for d, (theta, cu) in enumerate(ritz_pairs):
     f_theta = np.asarray(fn(theta), np.float64)
     samples[d] = f_theta.sum() + dim * (quad[d] - cu ** 2 @ f_theta)
   return samples

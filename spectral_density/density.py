@@ -14,6 +14,8 @@ so it composes with `jax.jit` and `jax.vmap`. The densities are host-side
 numpy, as in the original code.
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,10 @@ from spectral_density import arguments
 # the whole density: twice the true value at an outer node with sigma = 1.)
 KERNEL_MARGIN = 6.0
 DEFAULT_SIGMA_SQUARED = 1e-5
+# The default kernel is at least this many grid spacings wide, so that the
+# grid resolves it (the original's range-scaled width alone falls below the
+# spacing of a 10,000-point grid for spectra wider than about 1,000).
+MIN_SIGMA_SPACINGS = 2.0
 
 
 def _traced(x):
@@ -65,9 +71,13 @@ def _check_traced_tridiag(value, name='tridiag_list'):
 
 def _valid_steps(xp, tridiag):
   """``[num_draws]``: the first zero off-diagonal ends the Krylov space."""
-  order = tridiag.shape[-1]
-  zero = xp.diagonal(tridiag, offset=1, axis1=1, axis2=2) == 0
-  return xp.where(zero.any(axis=1), zero.argmax(axis=1) + 1, order)
+  # A sentinel zero after the last off-diagonal: an order-1 tridiagonal has
+  # no off-diagonal at all (argmax of an empty sequence), and a run without
+  # breakdown ends at the sentinel, step `order`.
+  off = xp.diagonal(tridiag, offset=1, axis1=1, axis2=2)
+  zero = xp.concatenate([off == 0, xp.ones(off.shape[:1] + (1,), bool)],
+                        axis=1)
+  return zero.argmax(axis=1) + 1
 
 
 def num_valid_steps(tridiag):
@@ -173,6 +183,30 @@ def kernel_sigma(low, high, sigma_squared=DEFAULT_SIGMA_SQUARED):
   return float(np.sqrt(sigma_squared * max(1.0, high - low)))
 
 
+def default_sigma(low, high, grid_len=10000):
+  """The default kernel standard deviation (eigenvalue units) for weighted
+  nodes over ``[low, high]`` on the default grid: the original's
+  range-scaled width (`kernel_sigma`), but at least `MIN_SIGMA_SPACINGS`
+  spacings of the grid (which itself reaches `KERNEL_MARGIN` kernel widths
+  beyond the nodes), so it follows the spectrum's width at every scale."""
+  spacings = MIN_SIGMA_SPACINGS
+  resolved = spacings * (high - low) / max(
+      grid_len - 1 - 2 * KERNEL_MARGIN * spacings, 1.0)
+  return max(kernel_sigma(low, high), resolved)
+
+
+def check_resolved(sigma, grids):
+  """Warns when the kernel is narrower than the grid spacing: the density is
+  then a row of spikes whose normalisation and L1 distances mean little."""
+  spacing = float(np.max(np.diff(grids))) if grids.size > 1 else 0.0
+  if sigma < spacing:
+    warnings.warn(
+        f'sigma: {sigma:.3g} (eigenvalue units) is below the grid spacing '
+        f'{spacing:.3g}, so the density is spiky; pass a wider sigma, a '
+        'denser grid (grid_len) or the default width.', UserWarning,
+        stacklevel=3)
+
+
 def _node_range(nodes, weights, per_draw_mean):
   """``(low, high)`` of the weighted nodes: over all draws, or (the original's
   convention) the mean over draws of each draw's extremes."""
@@ -219,7 +253,12 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
   * `sigma`: its standard deviation, in eigenvalue units;
   * `sigma_squared`: the original code's convention, a variance scaled by the
     spread of the nodes: ``variance = sigma_squared * max(1, width)``;
-  * neither: the original default ``sigma_squared = 1e-5``.
+  * neither: the original default ``sigma_squared = 1e-5``, widened to
+    `MIN_SIGMA_SPACINGS` grid spacings where the grid is the default one and
+    the spectrum so wide that the original's would not be resolved
+    (`default_sigma`).
+
+  A kernel narrower than the grid spacing warns (UserWarning).
 
   The default grid spans the weighted nodes plus `KERNEL_MARGIN` (6) kernel
   widths on each side, so that it holds the whole kernel of the outermost
@@ -233,7 +272,7 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
     all_weights: weights ``[num_draws, order]``, non-negative with a positive
       sum per draw; default uniform.
     grids: evaluation points ``[grid_len]``; default as above.
-    sigma: kernel standard deviation.
+    sigma: kernel standard deviation, in eigenvalue units.
     sigma_squared: range-scaled kernel variance (original convention).
     grid_len: grid size when `grids` is None.
     grid_expand: None, or the original's fixed grid margin (see above).
@@ -286,6 +325,8 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
     low, high = low - grid_expand, high + grid_expand
   if sigma is not None:
     sigma = arguments.positive_float('sigma', sigma)
+  elif sigma_squared is None and grids is None and grid_expand is None:
+    sigma = default_sigma(low, high, grid_len)
   else:
     sigma_squared = arguments.positive_float(
         'sigma_squared',
@@ -296,6 +337,7 @@ def eigv_to_density(eig_vals, all_weights=None, grids=None, *, sigma=None,
   elif grids is None:
     grids = default_grid(nodes, weights, sigma, grid_len)
   grids = _check_grids(grids, normalize)
+  check_resolved(sigma, grids)
   flat_nodes, flat_weights = weighted_nodes(nodes, weights / nodes.shape[0])
   density = np.concatenate([
       gaussian_kernel(grids[i:i + chunk], flat_nodes, sigma) @ flat_weights
@@ -321,7 +363,8 @@ def tridiag_to_density(tridiag_list, sigma_squared=DEFAULT_SIGMA_SQUARED,
     sigma_squared: range-scaled variance (original convention); ignored when
       `sigma` is given.
     grid_len: grid size.
-    sigma: kernel standard deviation (overrides `sigma_squared`).
+    sigma: kernel standard deviation in eigenvalue units (overrides
+      `sigma_squared`).
     grids: evaluation points.
     grid_expand: None (a grid that holds the kernel), or the original's fixed
       margin; see `eigv_to_density`.
@@ -358,7 +401,7 @@ def exact_density(eigenvalues, grids, sigma):
   Args:
     eigenvalues: ``[n]`` real, e.g. from `exact_eigenvalues`.
     grids: ``[grid_len]`` points where the density is evaluated.
-    sigma: the kernel's standard deviation, > 0.
+    sigma: the kernel's standard deviation in eigenvalue units, > 0.
 
   Returns:
     numpy array ``[grid_len]``.

@@ -13,7 +13,8 @@ Their interface: ``init(keys, masks) -> states``, ``run(states, start, stop)
 -> states``, ``finish(states) -> out``, ``full(keys, masks) -> out`` (all
 steps as one program; only where `one_program`), `replica`, `stopped`,
 `to_host`, `to_traced`, and for checkpoints `abstract_states`, `from_whole`,
-`place`. ``out`` is ``(tridiag, vecs, num_steps, bad_step)`` per draw.
+`place`. ``out`` is ``(tridiag, vecs, num_steps, bad_step)`` per draw and
+the pass's Gram matrix (`recurrence.pooled_gram`) or None.
 `run_segments` drives the steps in segments with checkpoints and progress.
 """
 
@@ -133,7 +134,8 @@ class OnDevices:
 
   def to_host(self, out):
     """`finish`'s output as host numpy: ``(tridiag [k, order, order], vecs
-    [k, order, dim] or None, num_steps [k], bad_step [k])``."""
+    [k, order, dim] or None, num_steps [k], bad_step [k], gram [k order, k
+    order] or None)``."""
     return jax.tree.map(np.asarray, out)
 
   def to_traced(self, out):
@@ -212,19 +214,22 @@ class SplitOverDevices(OnDevices):
     return np.asarray(x.addressable_shards[0].data)[0]
 
   def to_host(self, out):
-    tridiag, vecs, num_steps, bad = out
+    tridiag, vecs, num_steps, bad, gram = out
+    if gram is not None:  # summed over the devices: every copy is whole
+      gram = self.replica(gram)
     if vecs is not None:
       if not vecs.is_fully_addressable:  # other processes hold some slices
         vecs = multihost_utils.process_allgather(vecs, tiled=True)
       vecs = state_layout.join_slices(np.asarray(vecs), self.config.dim)
     return (self.replica(tridiag), vecs, self.replica(num_steps),
-            self.replica(bad))
+            self.replica(bad), gram)
 
   def to_traced(self, out):
-    tridiag, vecs, num_steps, bad = out
+    tridiag, vecs, num_steps, bad, gram = out
     if vecs is not None:
       vecs = state_layout.join_slices(vecs, self.config.dim, jnp)
-    return tridiag[0], vecs, num_steps[0], bad[0]
+    return (tridiag[0], vecs, num_steps[0], bad[0],
+            None if gram is None else gram[0])
 
   def abstract_states(self, num_draws):
     sharding = parallel.sharding(self.devices)

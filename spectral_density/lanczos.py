@@ -16,7 +16,6 @@ import numpy as np
 
 from spectral_density import arguments
 from spectral_density import execution
-from spectral_density import function_keys
 from spectral_density import operators
 from spectral_density import recurrence
 from spectral_density.recurrence import BASES
@@ -32,6 +31,11 @@ class LanczosResult(NamedTuple):
     tridiag: ``[num_draws, order, order]`` symmetric tridiagonal matrices.
     vecs: ``[num_draws, order, dim]`` Lanczos basis (rows), or None.
     num_steps: ``[num_draws]`` valid steps (``order`` unless breakdown).
+    gram: ``[num_draws x order, num_draws x order]`` inner products of the
+      basis rows of all draws (draw-major), NaN between draws of different
+      passes (`draws_per_pass`), for the deflated estimators; None without
+      a basis, with one draw, with kept `vecs` (they give it) or beyond
+      `recurrence.MAX_POOLED_ROWS` rows per pass.
 
   Example:
     >>> import jax
@@ -46,6 +50,35 @@ class LanczosResult(NamedTuple):
   tridiag: np.ndarray
   vecs: Optional[np.ndarray]
   num_steps: np.ndarray
+  gram: Optional[np.ndarray] = None
+
+
+def select_draws(run, draws):
+  """The `LanczosResult` of some draws of `run` (`draws`: a slice or
+  indices)."""
+  gram = run.gram
+  if gram is not None:
+    num_draws, order = run.tridiag.shape[:2]
+    rows = np.arange(num_draws * order).reshape(num_draws, order)[draws]
+    rows = rows.ravel()
+    gram = gram[np.ix_(rows, rows)]
+  vecs = None if run.vecs is None else run.vecs[draws]
+  return LanczosResult(run.tridiag[draws], vecs, run.num_steps[draws], gram)
+
+
+def _pooled_gram(grams, sizes, order):
+  """The whole run's Gram matrix from its passes' (NaN across passes), or
+  None."""
+  rows = sum(sizes) * order
+  if any(g is None for g in grams) or rows > recurrence.MAX_POOLED_ROWS:
+    return None
+  gram = np.full((rows, rows), np.nan)
+  first = 0
+  for g, size in zip(grams, sizes):
+    block = slice(first, first + size * order)
+    gram[block, block] = g
+    first += size * order
+  return gram
 
 
 def _is_traced(tree):
@@ -78,8 +111,9 @@ def _traced_result(outs, keep_vecs):
   bad = jnp.concatenate([o[3] for o in outs])
   tridiag = jnp.where((bad >= 0)[:, None, None], jnp.nan, tridiag)
   vecs = jnp.concatenate([o[1] for o in outs]) if keep_vecs else None
+  gram = outs[0][4] if len(outs) == 1 else None
   return LanczosResult(tridiag, vecs,
-                       jnp.concatenate([o[2] for o in outs]))
+                       jnp.concatenate([o[2] for o in outs]), gram)
 
 
 def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
@@ -93,7 +127,8 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     matvec: symmetric linear operator ``[dim] -> [dim]``: a traceable
       function, or an operator from `get_hvp_fn`.
     dim: size of the operator.
-    order: Lanczos steps (``1 <= order <= dim``).
+    order: Lanczos steps (``>= 1``; beyond `dim` the run breaks down by
+      step `dim` and the tridiagonal is padded: the exact spectrum).
     rng_key: PRNG key; draw ``i`` uses ``jax.random.split(rng_key,
       num_draws)[i]``, so results do not depend on `draws_per_pass`.
     num_draws: number of start vectors.
@@ -184,8 +219,8 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     matvec = matvec.astype(jnp.float64)  # float64 products, not just vectors
   traceable = not is_operator or matvec.traceable
   if not is_operator:
+    # Compiled programs are keyed on the function object (`function_keys`).
     arguments.check_matvec(matvec, dim, mv_dtype)
-    matvec = function_keys.canonical(matvec)  # one program per computation
   tol = arguments.check_tol(tol, mv_dtype)
   masks = arguments.check_masks(projection_masks, num_draws, dim, dtype)
   if _is_traced(rng_key) or _is_traced(masks):
@@ -231,7 +266,9 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   tridiag = np.concatenate([o[0] for o in outs])
   vecs = np.concatenate([o[1] for o in outs]) if keep_vecs else None
   num_steps = np.concatenate([o[2] for o in outs])
-  return LanczosResult(tridiag, vecs, num_steps)
+  gram = _pooled_gram([o[4] for o in outs], [o[0].shape[0] for o in outs],
+                      order)
+  return LanczosResult(tridiag, vecs, num_steps, gram)
 
 
 def lanczos_alg(matvec, dim, order, rng_key, **kwargs):

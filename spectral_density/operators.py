@@ -40,7 +40,6 @@ from spectral_density import arguments
 from spectral_density import batch_functions
 from spectral_density import block_products
 from spectral_density import dataset_layout
-from spectral_density import function_keys
 from spectral_density import hessian
 from spectral_density import parallel
 
@@ -404,9 +403,6 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
   arguments.check_loss_form(curvature, loss)
   arguments.check_batch_size(batch_size)
   dataset_layout.check_form(dataset)
-  # One function object per computation, so a new closure of the same loss
-  # reuses the compiled programs.
-  loss = function_keys.canonical(loss)
   params = batch_functions.cast_floating(params, dtype)
   flat, unravel = ravel_pytree(params)
   if flat.size == 0:

@@ -168,6 +168,23 @@ def tridiag(alphas, betas):
   return xp.diag(alphas) + xp.diag(off, 1) + xp.diag(off, -1)
 
 
+# A pass of k draws of order m returns the Gram matrix ``[k m, k m]`` of its
+# bases (for the deflated trace and spectral sums, `deflation`) when k m is at
+# most this: 32 MiB in float64, and as many flops as the reorthogonalisation
+# of a few more steps. Bigger pools keep the plain estimates unless the
+# bases are kept (`keep_vecs`).
+MAX_POOLED_ROWS = 2048
+
+
+def pooled_gram(basis, sharded=False):
+  """``[k m, k m]`` inner products of the basis rows of the ``k`` draws of a
+  pass (draw-major), from ``basis [k, m, dim]`` (this device's slices when
+  `sharded`), at full precision of the basis dtype."""
+  rows = basis.reshape(basis.shape[0] * basis.shape[1], basis.shape[2])
+  gram = jnp.matmul(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
+  return parallel.psum(gram) if sharded else gram
+
+
 def finish_one(state, keep_vecs):
   vecs = state.basis if keep_vecs else None
   return (tridiag(state.alphas, state.betas), vecs, state.num_steps,
@@ -192,7 +209,8 @@ class Config(NamedTuple):
 class Programs(NamedTuple):
   """Each is ``program(reduce, *args)``; ``reduce`` maps ``[k, dim] -> [k,
   dim]``, ``keys`` is ``[num_draws]`` and ``masks`` ``[num_draws, dim]``."""
-  full: Callable      # (keys, masks) -> (tridiag, vecs, num_steps, bad_step)
+  full: Callable      # (keys, masks) -> (tridiag, vecs, num_steps, bad_step,
+                      #                  gram [k m, k m] or None)
   init: Callable      # (keys, masks) -> states
   segment: Callable   # (states, start, stop) -> states
   finish: Callable    # (states) -> as `full`
@@ -246,7 +264,16 @@ def programs(config):
 
   def finish(reduce, states):
     del reduce
-    return jax.vmap(finish_one, in_axes=(0, None))(states, config.keep_vecs)
+    out = jax.vmap(finish_one, in_axes=(0, None))(states, config.keep_vecs)
+    # The bases are dropped here unless kept: what the deflated estimators
+    # need from them (their Gram matrix) is computed now. Kept bases give it
+    # on the host; one draw has no other draw to deflate with.
+    num_draws, order = states.basis.shape[:2]
+    gram = None
+    if (config.reorthogonalize and not config.keep_vecs and num_draws >= 2
+        and num_draws * order <= MAX_POOLED_ROWS):
+      gram = pooled_gram(states.basis, sharded)
+    return out + (gram,)
 
   def full(reduce, keys, masks):
     states = segment(reduce, init(reduce, keys, masks), 0, config.order)

@@ -10,14 +10,19 @@ Estimators and why they are computed as they are:
   draw is a lower bound of the k-th largest eigenvalue, so the best estimate is
   the maximum over draws (the minimum for the smallest).
 * trace: ``n * E[v^T A v]`` for a unit Gaussian (or Rademacher) ``v``; ``v^T A
-  v`` is ``T[0, 0]``, the first alpha, so it comes free. With kept bases and
-  >= 2 draws, the other draws' Krylov spaces deflate it first
-  (`deflation.deflated_trace_samples`); spectral sums deflate the converged
-  Ritz pairs of the same spaces (`deflation.deflated_sum_samples`).
+  v`` is ``T[0, 0]``, the first alpha, so it comes free. Whenever the run had
+  a basis (every `basis` but ``'none'``) and >= 2 draws, the other draws'
+  Krylov spaces deflate it first (`deflation.deflated_trace_samples`); spectral
+  sums deflate the converged Ritz pairs of the same spaces
+  (`deflation.deflated_sum_samples`). The run computes what these need (the
+  Gram matrix of its bases, `gram`) before its bases are dropped.
 * CDF band: Gauss quadrature interlacing per draw plus the sample-average
   bound over draws (Chen, Trogdon & Ubaru 2021; `cdf_band`).
-* negative mass: the integral of the density below 0; unsmoothed it is the
-  quadrature weight on negative nodes.
+* negative mass: the quadrature weight on negative nodes, with the CDF band's
+  interval at 0 (`cdf_band.mass_below`); smoothed, the integral of the
+  density below 0.
+
+Every ``sigma`` (kernel width) is a standard deviation in eigenvalue units.
 """
 
 import dataclasses
@@ -31,10 +36,11 @@ import jax
 from jax import flatten_util
 import numpy as np
 from scipy import special
+from scipy import stats
 
 from spectral_density import arguments
 from spectral_density import cdf_band as cdf_band_lib
-from spectral_density import deflation
+from spectral_density import deflation as deflation_lib
 from spectral_density import density as density_lib
 from spectral_density import estimators
 from spectral_density import lanczos
@@ -56,12 +62,17 @@ class SpectrumResult:
     nodes: ``[num_draws, order]`` Gauss nodes (Ritz values), ascending.
     weights: ``[num_draws, order]`` Gauss weights, summing to 1 per draw.
     num_steps: ``[num_draws]`` valid Lanczos steps (``order`` unless breakdown).
-    dim: operator size ``n``.
+    dim: operator size ``n`` (with `projection_masks`, the block's size).
     vecs: ``[num_draws, order, dim]`` Lanczos bases, or None.
     params_like: the parameter pytree's structure (leaves
       `jax.ShapeDtypeStruct`) when the operator is a model's curvature
       (`hessian_spectrum` keeps it), else None; lets `ritz_vectors` and
       `subspace_fraction` give and take parameter pytrees. Not saved.
+    gram: ``[num_draws x order, num_draws x order]`` inner products of the
+      draws' basis rows (`lanczos.LanczosResult.gram`), computed at the end
+      of a run with a basis and >= 2 draws, before the bases are dropped:
+      what the deflated trace and spectral sums need; None otherwise (they
+      then use `vecs` when kept).
 
   Two results compare equal (``==``) when their arrays are equal.
 
@@ -91,6 +102,7 @@ class SpectrumResult:
   vecs: Optional[np.ndarray] = None
   params_like: Optional[Any] = dataclasses.field(
       default=None, repr=False, compare=False, metadata={'saved': False})
+  gram: Optional[np.ndarray] = None
 
   def __post_init__(self):
     self.dim = arguments.positive_int('dim', self.dim)
@@ -125,7 +137,8 @@ class SpectrumResult:
       dim: the operator's size.
 
     Returns:
-      `SpectrumResult`.
+      `SpectrumResult`; the run's `gram`, when present, gives the deflated
+      estimators.
 
     Raises:
       ValueError: `dim` below 1, or `result`'s arrays of inconsistent shapes.
@@ -140,9 +153,11 @@ class SpectrumResult:
       >>> round(sd.SpectrumResult.from_lanczos(run, 10).lambda_max, 4)
       9.9999
     """
-    nodes, weights = density_lib.tridiag_to_eigv(result.tridiag)
-    return cls(np.asarray(result.tridiag), nodes, weights,
-               np.asarray(result.num_steps), int(dim), result.vecs)
+    tridiag = np.asarray(result.tridiag)
+    nodes, weights = density_lib.tridiag_to_eigv(tridiag)
+    gram = None if result.vecs is not None else result.gram
+    return cls(tridiag, nodes, weights, np.asarray(result.num_steps),
+               int(dim), result.vecs, gram=gram)
 
   @property
   def num_draws(self):
@@ -174,8 +189,9 @@ class SpectrumResult:
     Args:
       grid: ``[grid_len]`` evaluation points; default a grid that holds every
         kernel.
-      sigma: the kernel's standard deviation in eigenvalue units (the paper
-        uses a fraction of ``lambda_max - lambda_min``).
+      sigma: the kernel's standard deviation in eigenvalue units; the default
+        follows the spectrum's width (`density.default_sigma`). A `sigma`
+        below the grid spacing warns: the density would be spiky.
       **kwargs: `grid_len`, `normalize`, ...; see `eigv_to_density`.
 
     Returns:
@@ -288,12 +304,12 @@ class SpectrumResult:
 
   @property
   def trace(self):
-    """The trace estimate, a float.
-
-    Deflated by the other draws' Krylov spaces when the bases are kept and
-    there are >= 2 draws (`deflation.deflated_trace_samples`), else ``n * mean
-    over draws of v^T A v`` (Hutchinson with unit vectors); `trace_stderr` is
-    its standard error.
+    """The trace, deflated by the other draws' Krylov spaces whenever the run
+    had a basis (any `basis` but ``'none'``, kept or not) and >= 2 draws
+    (`deflation.deflated_trace_samples`). With ``basis='none'`` or one draw
+    it is plain Hutchinson with unit vectors, ``n * mean over draws of v^T A
+    v``: unbiased, but a Hessian's few outliers make it 5-20% off at 10
+    draws.
 
     Example:
     With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
@@ -304,15 +320,23 @@ class SpectrumResult:
     """
     return float(np.mean(self._trace_samples()))
 
-  def negative_mass(self, sigma=None):
-    """Integral of the density below 0, averaged over draws.
+  def negative_mass(self, sigma=None, level=0.9):
+    """The fraction of eigenvalues below 0, with an interval.
+
+    Unsmoothed (the default) the estimate is the quadrature weight on
+    negative nodes, which is not accurate when a bulk of eigenvalues sits
+    near 0 (each draw puts it on one node, whose sign decides); the interval
+    is `cdf_band`'s at 0 (`cdf_band.mass_below`), and holds the exact
+    fraction with probability >= `level` (Gaussian starts). Smoothed, it is
+    the integral below 0 of the density of kernel width `sigma`, with the
+    Student-t interval of the draws (NaN with one draw).
 
     Args:
-      sigma: kernel width; None gives the unsmoothed quadrature's mass (the
-        Gauss weight on negative nodes).
+      sigma: kernel standard deviation in eigenvalue units; None: unsmoothed.
+      level: the interval's probability, in (0, 1).
 
     Returns:
-      float in ``[0, 1]``.
+      `cdf_band.Estimate`: a float with ``.lower``, ``.upper``, ``.level``.
 
     Raises:
       ValueError: `sigma` not finite and > 0.
@@ -321,17 +345,25 @@ class SpectrumResult:
     With `result` of the `SpectrumResult` example (diag(1, ..., 10), order 8,
     3 draws, kept bases):
 
-      >>> result.negative_mass()                  # a positive definite operator
+      >>> float(result.negative_mass())           # a positive definite operator
       0.0
       >>> result.negative_mass(sigma=1.0) > 0       # kernels reach below 0
       True
     """
     if sigma is None:
-      mass = np.sum(self.weights * (self.nodes < 0), axis=1)
-    else:
-      sigma = arguments.positive_float('sigma', sigma)
-      mass = np.sum(self.weights * special.ndtr(-self.nodes / sigma), axis=1)
-    return float(np.mean(mass))
+      return cdf_band_lib.mass_below(self.nodes, self.weights,
+                                     self.num_steps, self.dim, 0.0, level)
+    sigma = arguments.positive_float('sigma', sigma)
+    if not 0 < level < 1:
+      raise ValueError(f'level: must be in (0, 1), got {level}.')
+    mass = np.sum(self.weights * special.ndtr(-self.nodes / sigma), axis=1)
+    half = np.nan
+    if self.num_draws >= 2:
+      half = (stats.t.ppf(0.5 + level / 2, self.num_draws - 1) *
+              np.std(mass, ddof=1) / np.sqrt(self.num_draws))
+    value = float(np.mean(mass))
+    return cdf_band_lib.Estimate(value, max(value - half, 0.0),
+                                 min(value + half, 1.0), level)
 
   def ritz_vectors(self, k, draw=None, *, pytree=False):
     """Unit Ritz vectors of the `k` largest Ritz values of one draw.
@@ -442,24 +474,26 @@ class SpectrumResult:
 
   # Estimators of issue 13 (see `estimators`): no further products.
 
-  def _deflates(self):
-    return self.vecs is not None and self.num_draws >= 2
-
   @functools.cached_property
-  def _pool(self):
-    """`deflation.PooledBases` of the kept bases, computed once."""
-    return deflation.pooled_bases(self.tridiag, self.vecs, self.num_steps)
-
-  @functools.cached_property
-  def _ritz_pairs(self):
-    """Per draw, the converged Ritz pairs of the other draws' bases."""
-    return [deflation.converged_ritz_pairs(self._pool, d)
-            for d in range(self.num_draws)]
+  def _deflated(self):
+    """`deflation.Deflated` from `gram` or kept bases (computed once, on
+    first use: ``num_draws`` eigendecompositions of ``(num_draws - 1) x
+    order`` rows), or None."""
+    if self.num_draws < 2:
+      return None
+    if self.gram is not None:
+      return deflation_lib.deflate(self.tridiag, self.gram, self.num_steps,
+                                   self.dim, self.tridiag.dtype)
+    if self.vecs is not None:
+      return deflation_lib.deflate(
+          self.tridiag, deflation_lib.basis_gram(self.vecs), self.num_steps,
+          self.dim, self.vecs.dtype)
+    return None
 
   def _trace_samples(self):
     """``[num_draws]`` unbiased trace estimates."""
-    if self._deflates():
-      return deflation.deflated_trace_samples(self.tridiag, self._pool)
+    if self._deflated is not None:
+      return self._deflated.trace_samples
     return self.dim * np.asarray(self.tridiag[:, 0, 0], np.float64)
 
   @property
@@ -483,19 +517,19 @@ class SpectrumResult:
     return float(np.std(samples, ddof=1) / np.sqrt(self.num_draws))
 
   def _sum_samples(self, fn):
-    if self._deflates():
-      return deflation.deflated_sum_samples(self.nodes, self.weights,
-                                            self.dim, self._ritz_pairs, fn)
-    return deflation.spectral_sum_samples(self.nodes, self.weights, self.dim,
-                                          fn)
+    if self._deflated is not None:
+      return deflation_lib.deflated_sum_samples(
+          self.nodes, self.weights, self.dim, self._deflated.ritz_pairs(), fn)
+    return deflation_lib.spectral_sum_samples(self.nodes, self.weights,
+                                              self.dim, fn)
 
   def spectral_sum(self, fn):
     """``tr f(A) = sum_j f(lambda_j)`` by quadrature, averaged over draws.
 
-    With kept bases and >= 2 draws, the converged Ritz pairs of the other
-    draws' Krylov spaces (the outliers) are summed exactly and the rest
-    estimated (`deflation.deflated_sum_samples`), as for `trace`; else
-    ``n sum_i w_i f(theta_i)`` per draw.
+    With a basis (any `basis` but ``'none'``) and >= 2 draws, the converged
+    Ritz pairs of the other draws' Krylov spaces (the outliers) are summed
+    exactly and the rest estimated (`deflation.deflated_sum_samples`), as
+    for `trace`; else ``n sum_i w_i f(theta_i)`` per draw.
 
     Args:
       fn: vectorised ``f`` on eigenvalues, e.g. ``lambda x: np.log(x + d)``
@@ -607,7 +641,7 @@ class SpectrumResult:
     draws (not renormalised); see `estimators.density_band`.
 
     Args:
-      sigma: the kernel's standard deviation, as `density`.
+      sigma: the kernel's standard deviation in eigenvalue units.
       level: the band's confidence, in ``(0, 1)``.
       grid: ``[grid_len]`` evaluation points; default one that holds every
         kernel.
@@ -633,6 +667,11 @@ class SpectrumResult:
   def summary(self, k=10):
     """The scalar estimators, JSON-ready.
 
+    The negative mass comes with its 90% interval
+    (``negative_mass_interval``): alone it misleads when a bulk sits near 0;
+    the trace with its standard error (two or more draws) and
+    ``trace_deflated`` (whether the run's bases deflated it).
+
     Args:
       k: the rank of ``lambda_1 / lambda_k`` (capped at the fewest valid
         steps of any draw).
@@ -649,17 +688,23 @@ class SpectrumResult:
     3 draws, kept bases):
 
       >>> summary = result.summary(k=2)
-      >>> sorted(summary)
-      ['dim', 'lambda_1/lambda_2', 'lambda_max', 'lambda_min', 'negative_mass',
-       'num_draws', 'order', 'trace']
+      >>> round(summary['trace'], 3), summary['trace_deflated']
+      (55.0, True)
     """
     k = min(arguments.positive_int('k', k), int(self.num_steps.min()))
-    return {
+    negative = self.negative_mass()
+    out = {
         'lambda_max': self.lambda_max, 'lambda_min': self.lambda_min,
         f'lambda_1/lambda_{k}': self.eigenvalue_ratio(k),
-        'trace': self.trace, 'negative_mass': self.negative_mass(),
+        'trace': self.trace,
+        'trace_stderr': (self.trace_stderr if self.num_draws >= 2 else None),
+        'trace_deflated': self._deflated is not None,
+        'negative_mass': float(negative),
+        'negative_mass_interval': [negative.lower, negative.upper],
+        'negative_mass_level': negative.level,
         'order': self.order, 'num_draws': self.num_draws, 'dim': self.dim,
     }
+    return out
 
   def save(self, path):
     """Writes the arrays to an `.npz` file that `SpectrumResult.load` reads.
@@ -797,9 +842,38 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
     raise TypeError(f'matvec: must be callable [dim] -> [dim], got '
                     f'{type(matvec).__name__}.')
   rng_key = jax.random.key(0) if rng_key is None else rng_key
+  masks = kwargs.get('projection_masks')
+  if masks is not None and not isinstance(masks, jax.core.Tracer):
+    masks = np.asarray(masks)
+    if masks.ndim == 2 and masks.shape[0] > 1 and np.any(masks != masks[:1]):
+      raise ValueError(
+          'projection_masks: slq estimates one spectrum, so every draw must '
+          'have the same mask (one block); for several blocks use '
+          'block_spectra, or lanczos_draws and block_result per block.')
   result = lanczos.lanczos_draws(matvec, dim, order, rng_key,
                                  num_draws=num_draws, **kwargs)
-  return SpectrumResult.from_lanczos(result, dim)
+  if masks is None:
+    return SpectrumResult.from_lanczos(result, dim)
+  return block_result(result, masks[0])
+
+
+def block_result(run, mask):
+  """The `SpectrumResult` of a block ``P A P`` from a run whose draws were
+  all projected on it (`projection_masks`).
+
+  Its operator is the block, of size ``n_b = sum(mask)``: the trace and the
+  spectral sums scale the quadrature by ``n_b``, not by the full dimension,
+  and kept bases hold only the block's coordinates (``[num_draws, order,
+  n_b]``). `blocks.block_spectra` uses the same rule.
+
+  Args:
+    run: `lanczos.LanczosResult` of the block's draws.
+    mask: ``[dim]`` 0/1, the block's coordinates.
+  """
+  keep = np.asarray(mask) > 0
+  vecs = None if run.vecs is None else np.asarray(run.vecs)[..., keep]
+  return SpectrumResult.from_lanczos(run._replace(vecs=vecs),
+                                     int(keep.sum()))
 
 
 def _option_names(fn, positional):

@@ -245,3 +245,15 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_naming_the_argument(call, error, name):
   with pytest.raises(error, match=rf'^{name}\b'):
     call()
+
+
+def test_order_one_is_the_start_vectors_rayleigh_quotient():
+  """An order-1 rule is one node, the Rayleigh quotient, with weight 1 (issue
+  19, item 5: argmax of an empty sequence), with and without `jit`."""
+  nodes, weights = sd.tridiag_to_eigv([[2.0]])
+  np.testing.assert_array_equal(nodes, [[2.0]])
+  np.testing.assert_array_equal(weights, [[1.0]])
+  traced = jax.jit(sd.tridiag_to_eigv)(jnp.array([[[2.0]], [[-3.0]]]))
+  np.testing.assert_array_equal(traced[0], [[2.0], [-3.0]])
+  np.testing.assert_array_equal(traced[1], [[1.0], [1.0]])
+  assert sd.density.num_valid_steps([[2.0]]).tolist() == [1]
