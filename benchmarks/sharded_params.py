@@ -1,0 +1,310 @@
+"""Sharded parameters: per-device memory, product time, exactness, and costs.
+
+  python -m benchmarks.sharded_params [--widths 64,128,256] [--order 90]
+
+On 8 devices (host CPU devices unless accelerators are present), for a small
+pre-LN decoder-only transformer of growing width: XLA's memory analysis of
+the compiled product and Lanczos programs per device with the parameters
+replicated (data parallel over 8, the library's `get_hvp_fn` design), fully
+sharded over 8 (FSDP 8), and FSDP 4 x data 2; the product's time ratio;
+the largest difference of the tridiagonals. Then, from the measured bytes per
+parameter and XLA's FLOP count per token, the largest model whose order-90
+spectrum fits 8 devices of 80 GB, and the cost of one order-90 draw for a
+1B-parameter language model on 8 GPUs and a 64-chip TPU slice (derived: said
+so in the table). Writes a dated report under docs/reports/.
+"""
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+if __name__ == '__main__' and 'XLA_FLAGS' not in os.environ:
+  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from spectral_density import mesh_layout  # pylint: disable=g-import-not-at-top
+from spectral_density import sharded  # pylint: disable=g-import-not-at-top
+
+LAYOUTS = {  # name: (mesh shape, axis names, FSDP axis or None)
+    'replicated': ((8,), ('data',), None),
+    'fsdp8': ((8,), ('fsdp',), 'fsdp'),
+    'fsdp4xdata2': ((2, 4), ('data', 'fsdp'), 'fsdp'),
+}
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The lent H200's measured rate on a product (README, 'The rule of thumb sits
+# at the FLOP floor'): ResNet-18's H v is 25.85 GFLOP per example (XLA
+# count); 10,000 examples took 2.375 s (docs/accelerator_h200.txt, run 2).
+H200_HV_FLOPS_PER_S = 25.85e9 * 10_000 / 2.375
+H200_TF32_PEAK = 494e12   # NVIDIA's H200 datasheet, dense TF32
+TPU_V5P_PEAK = 459e12     # Google Cloud's TPU v5p datasheet, bf16 per chip
+
+
+# A pre-LN decoder-only transformer, in plain JAX.
+
+def decoder_params(key, *, vocab=64, width=32, depth=2, seq_len=8,
+                   dtype=jnp.float32):
+  """Parameters of a pre-LN decoder: embeddings, `depth` blocks of causal
+  self-attention and an MLP (4 x width), a final layer norm, the unembedding."""
+  keys = iter(jax.random.split(key, 4 + 4 * depth))
+  normal = lambda shape, fan_in: (jax.random.normal(next(keys), shape, dtype)
+                                  / np.sqrt(fan_in))
+  ln = lambda: {'scale': jnp.ones((width,), dtype),
+                'bias': jnp.zeros((width,), dtype)}
+  blocks = [{'ln1': ln(), 'qkv': normal((width, 3 * width), width),
+             'out': normal((width, width), width), 'ln2': ln(),
+             'up': normal((width, 4 * width), width),
+             'down': normal((4 * width, width), 4 * width)}
+            for _ in range(depth)]
+  return {'embed': normal((vocab, width), 1),
+          'pos': normal((seq_len, width), 1) * 0.1,
+          'blocks': blocks, 'ln_f': ln(),
+          'unembed': normal((width, vocab), width)}
+
+
+def _layer_norm(x, p):
+  mu = jnp.mean(x, -1, keepdims=True)
+  var = jnp.mean((x - mu) ** 2, -1, keepdims=True)
+  return (x - mu) / jnp.sqrt(var + 1e-5) * p['scale'] + p['bias']
+
+
+def decoder_logits(params, tokens, num_heads=4):
+  """``tokens [B, T]`` int -> logits ``[B, T, vocab]``."""
+  seq = tokens.shape[1]
+  x = params['embed'][tokens] + params['pos'][:seq]
+  causal = jnp.tril(jnp.ones((seq, seq), bool))
+  for blk in params['blocks']:
+    h = _layer_norm(x, blk['ln1'])
+    q, k, v = jnp.split(h @ blk['qkv'], 3, axis=-1)
+    split = lambda t: t.reshape(t.shape[:2] + (num_heads, -1))
+    q, k, v = split(q), split(k), split(v)
+    att = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+    att = jax.nn.softmax(jnp.where(causal, att, -1e9), axis=-1)
+    o = jnp.einsum('bhqk,bkhd->bqhd', att, v).reshape(x.shape)
+    x = x + o @ blk['out']
+    h = _layer_norm(x, blk['ln2'])
+    x = x + jax.nn.gelu(h @ blk['up']) @ blk['down']
+  return _layer_norm(x, params['ln_f']) @ params['unembed']
+
+
+def decoder_loss(params, batch):
+  """Mean next-token cross-entropy of ``batch['tokens'] [B, T + 1]``."""
+  tokens = batch['tokens']
+  logits = decoder_logits(params, tokens[:, :-1])
+  logp = jax.nn.log_softmax(logits)
+  target = tokens[:, 1:]
+  return -jnp.mean(jnp.take_along_axis(logp, target[..., None], -1))
+
+
+def decoder_data(seed, num_examples, *, vocab=64, seq_len=8):
+  rng = np.random.default_rng(seed)
+  return {'tokens': rng.integers(0, vocab, (num_examples, seq_len + 1),
+                                 dtype=np.int32)}
+
+
+def num_params(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def operator(layout, params, data, batch_size, devices=None):
+  """The `ShardedOperator` of `params` laid out as `LAYOUTS[layout]`."""
+  shape, names, fsdp = LAYOUTS[layout]
+  devices = np.asarray(devices if devices is not None else jax.devices()[:8])
+  mesh = jax.sharding.Mesh(devices.reshape(shape), names)
+  if fsdp is None:
+    shardings = jax.tree.map(
+        lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        params)
+  else:
+    shardings = mesh_layout.fsdp_shardings(params, mesh, fsdp)
+  placed = mesh_layout.place(params, shardings)
+  # The replicated baseline is the library's data-parallel design: the
+  # parameters and every Lanczos vector whole on every device.
+  return sharded.sharded_hvp_fn(decoder_loss, placed, data,
+                                batch_size=batch_size,
+                                basis_rows_over_data=fsdp is not None)
+
+
+def memory(compiled):
+  """Per-device bytes of a compiled program (XLA's memory analysis):
+  arguments, outputs, temporaries, and their total less aliasing."""
+  m = compiled.memory_analysis()
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes +
+           m.temp_size_in_bytes - m.alias_size_in_bytes)
+  return {'arguments': m.argument_size_in_bytes,
+          'outputs': m.output_size_in_bytes, 'temp': m.temp_size_in_bytes,
+          'total': total}
+
+
+def data_bytes_per_device(op):
+  """The data's bytes on one device (the same for every layout's batches)."""
+  return sum(x.addressable_shards[0].data.nbytes
+             for x in jax.tree.leaves(op.data))
+
+
+def program_bytes(op, order):
+  """Per-device bytes of the product and of the whole Lanczos run, less the
+  data's, so that what is left is parameters, tangents, vectors, basis and
+  the (small) activations."""
+  data = data_bytes_per_device(op)
+  product = memory(op.lower_product().compile())['total'] - data
+  lanczos = memory(sharded.lanczos_program(op, order).compile())['total'] - (
+      data)
+  return {'product': product, 'lanczos': lanczos}
+
+
+def hv_flops_per_token(params, seq_len, batch):
+  """XLA's FLOP count of one batch's ``H v`` per token (shapes only)."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        params)
+  tokens = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)
+  fn = lambda p, b, v: jax.jvp(lambda q: jax.grad(decoder_loss)(q, b), (p,),
+                               (v,))[1]
+  cost = jax.jit(fn).lower(shapes, {'tokens': tokens}, shapes).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) / (batch * seq_len)
+
+
+def _timed(fn, reps=3):
+  jax.block_until_ready(fn())
+  start = time.perf_counter()
+  for _ in range(reps):
+    jax.block_until_ready(fn())
+  return (time.perf_counter() - start) / reps
+
+
+def _commit():
+  try:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                          capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=64,
+        batch_size=16, tridiag_order=10):
+  lines = []
+  say = lambda s='': (print(s, file=out), lines.append(s))
+  say(f'Device: {jax.devices()[0].device_kind} x {jax.device_count()}; '
+      f'decoder depth {depth}, seq {seq_len}, vocab {vocab}; order {order} '
+      f'(memory), {tridiag_order} (tridiagonal); {examples} examples, '
+      f'batch {batch_size}; float32')
+  say('')
+  say('width | params | layout | product MB/device | Lanczos MB/device | '
+      'Lanczos bytes/param/device | vs replicated | product time ratio | '
+      'tridiag max rel diff')
+  say('|'.join(['---'] * 9))
+  data = decoder_data(0, examples, vocab=vocab, seq_len=seq_len)
+  per_param = {}
+  for width in widths:
+    params = decoder_params(jax.random.key(width), vocab=vocab, width=width,
+                            depth=depth, seq_len=seq_len)
+    n = num_params(params)
+    ops = {name: operator(name, params, data, batch_size) for name in LAYOUTS}
+    v = jax.tree.map(jnp.ones_like, params)
+    base = None
+    for name, op in ops.items():
+      mem = program_bytes(op, order)
+      vs = jax.tree.map(lambda x, s: jax.device_put(x, s), v, op.shardings)
+      seconds = _timed(lambda op=op, vs=vs: op(vs))
+      res = sharded.sharded_lanczos(op, tridiag_order, jax.random.key(1))
+      if base is None:
+        base = (mem, seconds, res.tridiag)
+      diff = float(np.max(np.abs(res.tridiag - base[2])) /
+                   np.max(np.abs(base[2])))
+      per_param[(width, name)] = mem['lanczos'] / n
+      say(f'{width} | {n:,} | {name} | {mem["product"] / 1e6:.3f} | '
+          f'{mem["lanczos"] / 1e6:.3f} | {mem["lanczos"] / n:.1f} | '
+          f'{mem["lanczos"] / base[0]["lanczos"]:.3f} | '
+          f'{seconds / base[1]:.2f} | {diff:.1e}')
+  width = widths[-1]
+  params = decoder_params(jax.random.key(width), vocab=vocab, width=width,
+                          depth=depth, seq_len=seq_len)
+  flops_token = hv_flops_per_token(params, seq_len, batch_size)
+  flops_per_param_token = flops_token / num_params(params)
+  say('')
+  say('Derived from the measurements above (largest width; the fixed '
+      'activations shrink per parameter as width grows, so this '
+      'overstates bytes per parameter):')
+  bpp = per_param[(width, 'fsdp8')] * 8  # bytes per parameter, all devices
+  bpp90 = bpp * 90 / order if order != 90 else bpp
+  say(f'- measured: Lanczos program, FSDP 8, order {order}: '
+      f'{per_param[(width, "fsdp8")]:.1f} bytes per parameter per device, '
+      f'{bpp:.0f} over the 8 devices')
+  # Basis rows dominate: rescale the order part (4 bytes per row, float32).
+  fixed = bpp - 4 * order
+  at90 = fixed + 4 * 90
+  say(f'- derived: at order 90, {at90:.0f} bytes per parameter over 8 '
+      f'devices (the {fixed:.0f} not in the basis kept, 4 per basis row); '
+      f'largest model whose order-90 spectrum fits 8 x 80 GB: '
+      f'{8 * 80e9 / at90 / 1e9:.2f} B parameters (activations of the '
+      'products not counted beyond this tiny batch)')
+  say(f'- measured (XLA cost analysis, width {width}): H v = '
+      f'{flops_token / 1e6:.3f} MFLOP per token = '
+      f'{flops_per_param_token:.2f} FLOP per parameter per token')
+  del bpp90
+  say('')
+  say('Cost of one order-90 draw, 1B-parameter LM, float32 basis, '
+      '1M-token Hessian set (derived):')
+  say('system | basis + 2 vectors GB/device | FLOP | sustained FLOP/s (whole '
+      'system) | time')
+  say('---|---|---|---|---')
+  n, tokens = 1e9, 1e6
+  total_flops = 90 * flops_per_param_token * n * tokens
+  h200 = H200_HV_FLOPS_PER_S
+  tpu = TPU_V5P_PEAK * h200 / H200_TF32_PEAK
+  for system, chips, rate in (('8 x H200-class GPU (80 GB)', 8, h200),
+                              ('64-chip TPU v5p slice', 64, tpu)):
+    gb = (90 + 4) * 4 * n / chips / 1e9
+    say(f'{system} | {gb:.1f} | {total_flops:.2e} | {chips * rate:.2e} | '
+        f'{total_flops / (chips * rate) / 60:.1f} min')
+  say(f'(per-chip rate: the lent H200 measured {h200 / 1e12:.0f} TFLOP/s on '
+      'ResNet-18 products (docs/accelerator_h200.txt, XLA count); the TPU '
+      f'chip assumed at the same fraction ({h200 / H200_TF32_PEAK:.2f}) of '
+      'its datasheet peak; scaling assumed perfect: derived, not measured)')
+  return lines
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--widths', default='64,128,256')
+  parser.add_argument('--order', type=int, default=90)
+  parser.add_argument('--report', default=None,
+                      help='report path (default docs/reports/...)')
+  args = parser.parse_args(argv)
+  if jax.device_count() < 8:
+    raise SystemExit('needs 8 devices (XLA_FLAGS='
+                     '--xla_force_host_platform_device_count=8 on CPU)')
+  widths = [int(w) for w in args.widths.split(',')]
+  start = time.time()
+  lines = run(widths, args.order, sys.stdout)
+  today = datetime.datetime.now(datetime.timezone.utc)
+  path = pathlib.Path(args.report) if args.report else (
+      REPO / 'docs' / 'reports' /
+      f'sharded_params_{today:%Y-%m-%d}.md')
+  path.parent.mkdir(parents=True, exist_ok=True)
+  header = [
+      '# Sharded parameters: memory, time, exactness',
+      '',
+      f'- commit: {_commit()} (plus uncommitted changes if any)',
+      f'- date: {today:%Y-%m-%d %H:%M} UTC',
+      f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
+      f'{platform.platform()}, jax {jax.__version__}',
+      '- command: `python -m benchmarks.sharded_params '
+      + ' '.join(argv if argv is not None else sys.argv[1:]) + '`',
+      f'- wall time: {time.time() - start:.0f} s',
+      '', '```']
+  path.write_text('\n'.join(header + lines + ['```', '']))
+  print(f'\nwrote {path}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,452 @@
+"""Curvature products and Lanczos runs over parameters sharded on a mesh.
+
+For models that do not fit one device. The parameters are `jax.Array`s laid
+out by `NamedSharding`s on one `jax.sharding.Mesh`: fully sharded (each leaf
+split along an ``'fsdp'`` axis, `mesh_layout.fsdp_shardings`), tensor
+parallel as the model defines it, or replicated. The data are dealt over the
+mesh's `data_axes`.
+
+* `sharded_hvp_fn(loss, params, dataset, batch_size=...)`: the operator
+  ``v -> H v`` (or Gauss-Newton, empirical Fisher) whose vectors are pytrees
+  laid out like the parameters. Inside one `jit`: a `jax.shard_map` that is
+  manual over the data axes only. Each group of devices along the data axes
+  runs its own batches in a `fori_loop` and sums their products; one `psum`
+  over the data axes (and so over hosts) completes the sum. The other axes
+  stay automatic: GSPMD splits every leaf of the parameters, of the tangent
+  and of the product as the parameters are split, gathering a layer's weights
+  only where that layer is computed.
+* `sharded_lanczos(op, order, key)`: the Lanczos recurrence of
+  `tree_recurrence` with every vector and the basis ``[order, ...]`` of every
+  leaf laid out like the leaf; its dot products are sums of per-leaf `vdot`s
+  that GSPMD completes over the devices. The whole run is one compiled
+  `while_loop` (or one per checkpoint segment). With `checkpoint_dir` the
+  state is saved sharded (each process writes its own slices) and a rerun
+  resumes.
+
+Exact: the product is jvp-of-grad, as in `hessian.hvp` (no finite
+differences); only the order of floating-point sums differs from the
+replicated path. No device ever holds all parameters, a whole tangent, a whole
+product or a whole Lanczos vector (unless the layout replicates a leaf).
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from spectral_density import arguments
+from spectral_density import function_keys
+from spectral_density import hessian
+from spectral_density import mesh_layout
+from spectral_density import recurrence
+from spectral_density import tree_recurrence
+
+
+def _default_axes(mesh, names):
+  return tuple(n for n in names if n in mesh.shape)
+
+
+def _check_axes(name, axes, mesh):
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  for a in axes:
+    if a not in mesh.shape:
+      raise ValueError(f'{name}: {a!r} is not an axis of the mesh '
+                       f'{dict(mesh.shape)}.')
+  return axes
+
+
+def _spec_axes(sharding):
+  names = set()
+  for entry in sharding.spec:
+    if entry is None:
+      continue
+    names.update(entry if isinstance(entry, tuple) else (entry,))
+  return names
+
+
+class ShardedOperator:
+  """``v -> A v`` over sharded parameters; `v` and the result are pytrees
+  laid out like the parameters. Build with `sharded_hvp_fn`.
+
+  Attributes:
+    params, data: the global arrays (data ``[num_batches, batch_size, ...]``).
+    shardings: the parameters' `NamedSharding`s; mesh: their mesh.
+    num_params: the number of entries of a vector.
+    curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
+  """
+
+  def __init__(self, loss, params, data, *, curvature, data_axes,
+               basis_rows_over_data=True):
+    self.loss, self.params, self.data = loss, params, data
+    self.curvature, self.data_axes = curvature, data_axes
+    self.basis_rows_over_data = basis_rows_over_data
+    self.shardings, self.mesh = mesh_layout.named_shardings(params)
+    self.num_params = sum(int(np.prod(x.shape))
+                          for x in jax.tree.leaves(params))
+    self.num_batches = jax.tree.leaves(data)[0].shape[0]
+    self.dtype = jnp.result_type(*jax.tree.leaves(params))
+
+  def astype(self, dtype):
+    """The same operator with floating params cast to `dtype` (in place on
+    their devices: the layout stays)."""
+    cast = jax.jit(lambda p: jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+        else x, p), out_shardings=self.shardings)
+    return ShardedOperator(self.loss, cast(self.params), self.data,
+                           curvature=self.curvature, data_axes=self.data_axes,
+                           basis_rows_over_data=self.basis_rows_over_data)
+
+  def layout(self, lead):
+    """The layouts of a pytree like the parameters with `lead` leading axes:
+    a vector (0), a batch of vectors (1), a batch of bases ``[k, order,
+    ...]`` (2), whose rows are also dealt over the data axes (the
+    parameters are replicated there: a basis split only like them would
+    cost the data-parallel devices the same memory each)."""
+    rows = self.data_axes if lead == 2 and self.basis_rows_over_data else ()
+    return jax.tree.map(lambda s: mesh_layout.with_lead(s, lead, rows),
+                        self.shardings)
+
+  def constrain(self, tree, lead):
+    """Pins a pytree like the parameters (with `lead` leading axes on every
+    leaf) to its layout (`layout`)."""
+    return jax.tree.map(jax.lax.with_sharding_constraint, tree,
+                        self.layout(lead))
+
+  def product(self, params, data, vs):
+    """Traceable: ``vs`` leaves ``[k, *leaf.shape]`` -> their products, the
+    mean of the per-batch products over all batches."""
+    per_batch = hessian.curvature_fns(self.curvature, self.loss)[0]
+    total_batches = self.num_batches
+
+    def local(params, data, vs):
+      def body(i, carry):
+        # The parameters pass through the loop behind an optimisation
+        # barrier: else XLA hoists their all-gathers out of the loop as
+        # loop-invariant, and every device holds all of them (measured).
+        params, acc = jax.lax.optimization_barrier(carry)
+        batch = jax.tree.map(lambda x: x[i], data)
+        hv = jax.vmap(lambda v: per_batch(params, batch, v))(vs)
+        return params, jax.tree.map(lambda a, h: a + h.astype(a.dtype), acc,
+                                    hv)
+      count = jax.tree.leaves(data)[0].shape[0]
+      _, acc = jax.lax.fori_loop(
+          0, count, body, (params, jax.tree.map(jnp.zeros_like, vs)))
+      if self.data_axes:  # the one reduction over devices and hosts
+        acc = jax.lax.psum(acc, self.data_axes)
+      return jax.tree.map(lambda a: a / total_batches, acc)
+
+    if not self.data_axes:
+      return self.constrain(local(params, data, vs), 1)
+    axes = self.data_axes[0] if len(self.data_axes) == 1 else self.data_axes
+    run = jax.shard_map(
+        local, mesh=self.mesh, in_specs=(P(), P(axes), P()), out_specs=P(),
+        axis_names=set(self.data_axes), check_vma=False)
+    return self.constrain(run(params, data, vs), 1)
+
+  @functools.cached_property
+  def _jitted(self):
+    return jax.jit(self.product, out_shardings=self.layout(1))
+
+  def __call__(self, v):
+    """``A v`` for one vector `v` (a pytree like the parameters)."""
+    vs = jax.tree.map(lambda x: x[None], v)
+    return jax.tree.map(lambda x: x[0],
+                        self._jitted(self.params, self.data, vs))
+
+  def lower_product(self, num_vectors=1):
+    """The lowered product program of `num_vectors` vectors (for XLA's
+    memory and cost analyses: ``.compile().memory_analysis()``)."""
+    vs = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct((num_vectors,) + x.shape, x.dtype,
+                                          sharding=s),
+        self.params, self.layout(1))
+    return self._jitted.lower(self.params, self.data, vs)
+
+
+def _batched(dataset, batch_size, data_size, example_size):
+  """``[num_batches, batch_size, ...]`` of an example-axis dataset, checked."""
+  leaves = jax.tree.leaves(dataset)
+  if not leaves:
+    raise ValueError('dataset: has no arrays.')
+  n = int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else 0
+  for x in leaves:
+    if np.ndim(x) == 0 or np.shape(x)[0] != n:
+      raise ValueError('dataset: every leaf needs the same leading example '
+                       'axis.')
+  if n == 0 or n % batch_size:
+    raise ValueError(f'batch_size: {batch_size} must divide the number of '
+                     f'examples, {n} (the sharded path has no padding).')
+  num_batches = n // batch_size
+  if num_batches % data_size:
+    raise ValueError(
+        f'batch_size: {num_batches} batches cannot be dealt evenly over the '
+        f'{data_size} devices of the data axes.')
+  if batch_size % example_size:
+    raise ValueError(
+        f'batch_size: {batch_size} is not a multiple of {example_size}, the '
+        'number of devices of the example axes each batch is split over.')
+  return jax.tree.map(
+      lambda x: np.reshape(np.asarray(x), (num_batches, batch_size) +
+                           np.shape(x)[1:]), dataset)
+
+
+def sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature='hessian',
+                   data_axes=None, example_axes=None,
+                   basis_rows_over_data=True):
+  """The curvature-vector product of a dataset, over sharded parameters.
+
+  Args:
+    loss: as `get_hvp_fn` (``loss(params, batch) -> scalar`` for
+      ``'hessian'``; ``(model_fn, output_loss)`` for ``'ggn'``; per-example
+      losses for ``'fisher'``).
+    params: pytree of `jax.Array`s, each on a `NamedSharding` of one mesh
+      (e.g. `jax.device_put(params, mesh_layout.fsdp_shardings(params,
+      mesh))`; on several processes, `mesh_layout.place`). A leaf may not be
+      split over the data axes.
+    dataset: pytree of host arrays with a common leading example axis (on
+      several processes each passes the same arrays; each process places
+      only its own devices' slices).
+    batch_size: examples per batch; must divide the number of examples (the
+      batches are dealt evenly over the data axes).
+    curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
+    data_axes: mesh axes the batches are dealt over; default ``('data',)``
+      when the mesh has that axis, else none.
+    example_axes: mesh axes each batch's examples are split over; default
+      ``('fsdp',)`` when the mesh has that axis, else none.
+    basis_rows_over_data: deal the Lanczos basis's rows over the data axes
+      too (default), so that data parallelism also divides the basis; False
+      keeps each basis row laid out exactly like the parameters (the
+      library's replicated design when the parameters are replicated).
+
+  Returns:
+    A `ShardedOperator`: call it on a pytree like `params`.
+
+  Raises:
+    ValueError, TypeError: a bad argument, named in the message.
+  """
+  if curvature not in hessian.CURVATURES:
+    raise ValueError(
+        f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
+  arguments.check_loss_form(curvature, loss)
+  batch_size = arguments.positive_int('batch_size', batch_size)
+  mesh_layout.named_shardings(params)  # a ValueError unless laid out
+  params = mesh_layout.auto_axes(params)
+  shardings, mesh = mesh_layout.named_shardings(params)
+  data_axes = (_default_axes(mesh, ('data',)) if data_axes is None
+               else _check_axes('data_axes', data_axes, mesh))
+  example_axes = (_default_axes(mesh, ('fsdp',)) if example_axes is None
+                  else _check_axes('example_axes', example_axes, mesh))
+  if set(data_axes) & set(example_axes):
+    raise ValueError('example_axes: must not repeat an axis of data_axes.')
+  for s in jax.tree.leaves(shardings):
+    if _spec_axes(s) & set(data_axes):
+      raise ValueError(
+          f'params: a leaf is split over a data axis ({s.spec}); split '
+          'parameters over other axes (e.g. fsdp) or pass other data_axes.')
+  size = lambda axes: int(np.prod([mesh.shape[a] for a in axes]))
+  data = _batched(dataset, batch_size, size(data_axes), size(example_axes))
+  hessian.check_loss_output(curvature, loss, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+                            jax.tree.map(lambda x: x[0], data))
+  data = mesh_layout.place(
+      data, mesh_layout.data_sharding(mesh, data_axes, example_axes))
+  return ShardedOperator(function_keys.canonical(loss), params, data,
+                         curvature=curvature, data_axes=data_axes,
+                         basis_rows_over_data=arguments.boolean(
+                             'basis_rows_over_data', basis_rows_over_data))
+
+
+class ShardedLanczosResult(NamedTuple):
+  """numpy arrays of a sharded run.
+
+  tridiag: ``[num_draws, order, order]``; num_steps: ``[num_draws]`` valid
+  steps (breakdown); resumed_from: the step a checkpoint resumed at (0 for a
+  fresh run).
+  """
+  tridiag: np.ndarray
+  num_steps: np.ndarray
+  resumed_from: int
+
+
+def _config(op, order, precision, start, reorth_passes, tol):
+  order = arguments.positive_int('order', order)
+  if order > op.num_params:
+    raise ValueError(f'order: must be <= the number of parameters, '
+                     f'{op.num_params}; got {order}.')
+  if start not in tree_recurrence.STARTS:
+    raise ValueError(f'start must be one of {tree_recurrence.STARTS}, got '
+                     f'{start!r}.')
+  reorth_passes = arguments.positive_int('reorth_passes', reorth_passes,
+                                         minimum=0)
+  dtype, mv_dtype = recurrence.dtypes(precision, jnp.dtype(op.dtype))
+  tol = arguments.check_tol(tol, mv_dtype)
+  return tree_recurrence.Config(
+      order, jnp.dtype(dtype).name, jnp.dtype(mv_dtype).name, start,
+      reorth_passes > 0, reorth_passes, tol)
+
+
+class _Run:
+  """The compiled programs of one operator and config, their layouts."""
+
+  def __init__(self, op, config):
+    self.op, self.config = op, config
+    self.programs = tree_recurrence.programs(config)
+    mesh = op.mesh
+    replicated = NamedSharding(mesh, P())
+    dtype = jnp.dtype(config.dtype)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype),
+                        op.params)
+    self.like = like
+
+    def reduce(params, data):
+      return lambda vs: op.product(params, data, vs)
+
+    wrap = lambda data: jax.random.wrap_key_data(data, impl=self.impl)
+
+    def full(params, data, keys):
+      keys = wrap(keys)
+      r = reduce(params, data)
+      states = self.programs.init(r, op.constrain, keys, like)
+      states = self.programs.segment(r, op.constrain, states, 0, config.order)
+      return self.programs.finish(r, op.constrain, states)
+
+    def init(params, data, keys):
+      keys = wrap(keys)
+      return self.programs.init(reduce(params, data), op.constrain, keys,
+                                like)
+
+    def segment(params, data, states, start, stop):
+      return self.programs.segment(reduce(params, data), op.constrain,
+                                   states, start, stop)
+
+    self.full = jax.jit(full, out_shardings=replicated)
+    self.init = jax.jit(init)
+    self.segment = jax.jit(segment, static_argnums=(3, 4), donate_argnums=2)
+    self.finish = jax.jit(lambda s: self.programs.finish(None, None, s),
+                          out_shardings=replicated)
+    self.replicated = replicated
+
+  def keys(self, rng_key, num_draws):
+    """The draws' keys as raw key data ``[num_draws, ...]`` on every device
+    (`place` works on several processes, where `device_put` cannot reach
+    other processes' devices); the programs wrap them back."""
+    keys = jax.random.split(rng_key, num_draws)
+    self.impl = jax.random.key_impl(keys)
+    return mesh_layout.place(np.asarray(jax.random.key_data(keys)),
+                             self.replicated)
+
+  def abstract_states(self, num_draws):
+    """Shapes, dtypes and layouts of the states of `num_draws` draws."""
+    keys = jax.ShapeDtypeStruct((num_draws,), jax.random.key(0).dtype)
+    shapes = jax.eval_shape(
+        lambda k: self.programs.init(None, lambda t, lead: t, k, self.like),
+        keys)
+    op = self.op
+    def laid(tree, lead):
+      return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=s), tree, op.layout(lead))
+    rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                         sharding=self.replicated)
+    return shapes._replace(
+        basis=laid(shapes.basis, 2), v=laid(shapes.v, 1),
+        v_prev=laid(shapes.v_prev, 1),
+        **{f: rep(getattr(shapes, f)) for f in (
+            'alphas', 'betas', 'beta_prev', 'norm_est', 'num_steps', 'done',
+            'bad_step')})
+
+
+def lanczos_program(op, order, *, num_draws=1, precision=None,
+                    start='gaussian', reorth_passes=2, tol=None):
+  """The whole sharded Lanczos run as one lowered program (for XLA's memory
+  and cost analyses), without running it."""
+  run = _Run(op, _config(op, order, precision, start, reorth_passes, tol))
+  return run.full.lower(op.params, op.data,
+                        run.keys(jax.random.key(0), num_draws))
+
+
+def sharded_lanczos(op, order, rng_key, *, num_draws=1, precision=None,
+                    start='gaussian', reorth_passes=2, tol=None,
+                    checkpoint_dir=None, checkpoint_every=None):
+  """Lanczos runs of a `ShardedOperator`, vectors and basis sharded like the
+  parameters.
+
+  Args:
+    op: from `sharded_hvp_fn`.
+    order: Lanczos steps.
+    rng_key: PRNG key; draw ``i`` starts from
+      `tree_recurrence.start_vector` of ``jax.random.split(rng_key,
+      num_draws)[i]`` (each leaf drawn with its own `fold_in`).
+    num_draws: start vectors, run as one batch sharing every data pass.
+    precision: ``'float32'``, ``'float64'`` (products in float64 too: the
+      params are cast on their devices), ``'mixed'`` or None, as
+      `lanczos_draws`.
+    start: ``'gaussian'`` or ``'rademacher'``.
+    reorth_passes: Gram-Schmidt passes per step (0: no basis).
+    tol: relative breakdown tolerance; default ``10 x eps`` of the product.
+    checkpoint_dir: save the state there (orbax, each process its own
+      slices) every `checkpoint_every` steps; a rerun of the same
+      computation resumes from the latest save; another one is refused.
+    checkpoint_every: steps between saves (default: order, one save at the
+      end).
+
+  Returns:
+    `ShardedLanczosResult`.
+
+  Raises:
+    ValueError, TypeError: a bad argument, named in the message.
+    FloatingPointError: a product was not finite.
+  """
+  if not isinstance(op, ShardedOperator):
+    raise TypeError(f'op: must be a ShardedOperator (sharded_hvp_fn), got '
+                    f'{type(op).__name__}.')
+  num_draws = arguments.positive_int('num_draws', num_draws)
+  if precision == 'float64':
+    op = op.astype(jnp.float64)
+  config = _config(op, order, precision, start, reorth_passes, tol)
+  run = _Run(op, config)
+  keys = run.keys(rng_key, num_draws)
+  if checkpoint_dir is None:
+    if checkpoint_every is not None:
+      raise ValueError('checkpoint_every: needs checkpoint_dir.')
+    tridiag, num_steps, bad_step = run.full(op.params, op.data, keys)
+    resumed = 0
+  else:
+    every = arguments.optional_int('checkpoint_every', checkpoint_every)
+    tridiag, num_steps, bad_step, resumed = _checkpointed(
+        run, keys, checkpoint_dir, every or config.order)
+  bad_step = np.asarray(bad_step)
+  if np.any(bad_step >= 0):
+    draw = int(np.argmax(bad_step >= 0))
+    raise FloatingPointError(
+        f'the product at Lanczos step {int(bad_step[draw])} of draw {draw} '
+        'was not finite (a NaN or inf in the loss, the model or the data).')
+  return ShardedLanczosResult(np.asarray(tridiag), np.asarray(num_steps),
+                              resumed)
+
+
+def _checkpointed(run, keys, directory, every):
+  # Imported here: orbax is an optional dependency.
+  from spectral_density import tree_checkpoint  # pylint: disable=g-import-not-at-top
+  op, config = run.op, run.config
+  # A fixed probe vector, drawn where each leaf lives.
+  probe = jax.jit(lambda k: tree_recurrence.start_vector(
+      k, op.params, op.dtype, 'gaussian'), out_shardings=op.shardings)(
+          jax.random.key(20190709))
+  saves = tree_checkpoint.TreeCheckpoints(
+      directory, config._asdict(), np.asarray(keys), tree_checkpoint.identity(op, probe))
+  step, states = saves.restore(run.abstract_states(keys.shape[0]))
+  resumed = step
+  if states is None:
+    states = run.init(op.params, op.data, keys)
+  while step < config.order and not bool(np.all(np.asarray(states.done))):
+    stop = min(step + every, config.order)
+    states = run.segment(op.params, op.data, states, step, stop)
+    if bool(np.any(np.asarray(states.bad_step) >= 0)):
+      break  # raised by the caller; the last good save stays
+    step = stop
+    saves.save(step, states)
+  return (*run.finish(states), resumed)

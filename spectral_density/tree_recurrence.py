@@ -1,0 +1,230 @@
+"""The Lanczos recurrence over vectors laid out like the parameters (pytrees).
+
+The same fixed-shape state and the same step as `recurrence` (three-term
+recurrence, `reorth_passes` classical Gram-Schmidt passes against the whole
+basis, breakdown at ``beta <= tol * ||T_j||``, the first non-finite product
+recorded), written over a small vector space of pytrees: `dot`, `axpy`,
+`scale`, `basis_coefficients`, `basis_combination`. A vector is a pytree whose
+leaves have the parameters' shapes; the basis is ``[order, *leaf.shape]`` per
+leaf. Nothing here ravels a pytree into one flat array: under `jit`, each
+leaf of every vector and of the basis keeps the layout that `constrain` gives
+it (the parameters' sharding), and the inner products are sums over leaves
+of per-leaf `vdot`s, which GSPMD completes by reductions over the devices.
+A flat ``[n]`` array is a pytree of one leaf, so the same code runs the flat
+case (tests check it step for step against `recurrence`).
+
+A program here is ``program(reduce, constrain, ...)``: ``reduce`` maps a
+batch of vectors (leaves ``[k, *leaf.shape]``) to their products; ``constrain``
+pins a batch of vectors or of bases to its layout (the identity when nothing is
+sharded). Several draws run as one `vmap`-ed batch, as in `recurrence`.
+"""
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+STARTS = ('gaussian', 'rademacher')
+
+
+class State(NamedTuple):
+  basis: object           # pytree, leaves [order, *leaf.shape] (or [0, ...])
+  alphas: jax.Array       # [order]
+  betas: jax.Array        # [order]; betas[j] couples steps j and j + 1
+  v_prev: object          # pytree like the parameters
+  v: object               # pytree like the parameters; zero after breakdown
+  beta_prev: jax.Array    # []
+  norm_est: jax.Array     # [] running max of |alpha_j| + beta_{j-1} + beta_j
+  num_steps: jax.Array    # [] int
+  done: jax.Array         # [] bool
+  bad_step: jax.Array     # [] int, first step with a non-finite product or -1
+
+
+# The vector space: pytrees with the parameters' structure and shapes.
+
+def dot(a, b):
+  """``sum_leaves vdot(a_leaf, b_leaf)``: one scalar, a global reduction when
+  the leaves are sharded."""
+  return functools.reduce(
+      jnp.add, [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                jax.tree.leaves(b))])
+
+
+def axpy(alpha, x, y):
+  """``alpha x + y``."""
+  return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
+
+
+def scale(alpha, x):
+  return jax.tree.map(lambda xi: alpha * xi, x)
+
+
+def norm(x):
+  return jnp.sqrt(dot(x, x))
+
+
+def basis_coefficients(basis, w):
+  """``B w``: ``[order]``, the inner products of every basis row with `w`."""
+  return functools.reduce(jnp.add, [
+      jnp.tensordot(b, x, axes=x.ndim) for b, x in zip(
+          jax.tree.leaves(basis), jax.tree.leaves(w))])
+
+
+def basis_combination(basis, c):
+  """``B^T c``: the combination of the basis rows with coefficients `c`."""
+  return jax.tree.map(lambda b: jnp.tensordot(c, b, axes=1), basis)
+
+
+def start_vector(key, like, dtype, start):
+  """A random unit vector shaped like the pytree `like`: leaf ``i`` drawn with
+  ``fold_in(key, i)`` (so each leaf is drawn where it lives), normalised by the
+  global norm."""
+  leaves, treedef = jax.tree.flatten(like)
+  draw = jax.random.normal if start == 'gaussian' else jax.random.rademacher
+  v = treedef.unflatten([draw(jax.random.fold_in(key, i), jnp.shape(x), dtype)
+                         for i, x in enumerate(leaves)])
+  return scale(1 / norm(v), v)
+
+
+def init_state(v, order, reorthogonalize):
+  """The state before step 0, from the unit start vector `v`."""
+  dtype = jax.tree.leaves(v)[0].dtype
+  zero = jnp.zeros((), dtype)
+  rows = order if reorthogonalize else 0
+  return State(
+      basis=jax.tree.map(lambda x: jnp.zeros((rows,) + x.shape, x.dtype), v),
+      alphas=jnp.zeros((order,), dtype), betas=jnp.zeros((order,), dtype),
+      v_prev=jax.tree.map(jnp.zeros_like, v), v=v,
+      beta_prev=zero, norm_est=zero, num_steps=jnp.zeros((), jnp.int32),
+      done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32))
+
+
+def _rows(state):
+  return jax.tree.leaves(state.basis)[0].shape[0]
+
+
+def record(state, step):
+  """Stores the current vector in the basis (before its product is used)."""
+  if _rows(state) == 0:
+    return state
+  return state._replace(basis=jax.tree.map(
+      lambda b, x: b.at[step].set(x), state.basis, state.v))
+
+
+def update(state, step, w, tol, reorth_passes):
+  """One Lanczos step given ``w = A v`` (a pytree like `v`); the step of
+  `recurrence.update` over this module's vector space."""
+  dtype = state.alphas.dtype
+  w = jax.tree.map(lambda x: x.astype(dtype), w)
+  bad = functools.reduce(jnp.add, [jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+                                   for x in jax.tree.leaves(w)])
+  finite = bad == 0
+  bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
+                       jnp.asarray(step, jnp.int32), state.bad_step)
+  w = jax.tree.map(lambda x: jnp.where(finite, x, 0), w)
+  alpha = dot(w, state.v)
+  w = jax.tree.map(lambda x, v, u: x - alpha * v - state.beta_prev * u,
+                   w, state.v, state.v_prev)
+  for _ in range(reorth_passes if _rows(state) else 0):
+    w = jax.tree.map(jnp.subtract, w, basis_combination(
+        state.basis, basis_coefficients(state.basis, w)))
+  beta = norm(w)
+  norm_est = jnp.maximum(state.norm_est,
+                         jnp.abs(alpha) + state.beta_prev + beta)
+  live = ~state.done
+  breakdown = live & (beta <= tol * norm_est)
+  beta = jnp.where(breakdown | state.done, jnp.zeros_like(beta), beta)
+  safe = jnp.where(beta > 0, beta, 1)
+  v_next = jax.tree.map(lambda x: jnp.where(beta > 0, x / safe, 0), w)
+  return State(
+      basis=state.basis,
+      alphas=state.alphas.at[step].set(jnp.where(live, alpha, 0)),
+      betas=state.betas.at[step].set(beta),
+      v_prev=state.v, v=v_next, beta_prev=beta,
+      norm_est=norm_est, num_steps=state.num_steps + live.astype(jnp.int32),
+      done=state.done | breakdown, bad_step=bad_step)
+
+
+def tridiag(alphas, betas):
+  """``[m, m]`` symmetric tridiagonal (``betas[j]`` couples ``j``, ``j+1``)."""
+  off = betas[:-1]
+  return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+
+class Config(NamedTuple):
+  """Static description of a program (hashable: one compile each)."""
+  order: int
+  dtype: str          # Lanczos vectors and recurrence
+  matvec_dtype: str   # what the product is handed
+  start: str
+  reorthogonalize: bool
+  reorth_passes: int
+  tol: float
+
+
+class Programs(NamedTuple):
+  """Each is ``program(reduce, constrain, ...)``."""
+  init: Callable      # (keys [k], like) or (starts, like) -> states
+  segment: Callable   # (states, start, stop) -> states
+  finish: Callable    # (states) -> (tridiag [k, m, m], num_steps, bad_step)
+
+
+@functools.lru_cache(maxsize=64)
+def programs(config):
+  """The Lanczos programs of a config (cached: one function object each)."""
+  dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
+
+  def constrain_state(constrain, states):
+    return states._replace(basis=constrain(states.basis, 2),
+                           v=constrain(states.v, 1),
+                           v_prev=constrain(states.v_prev, 1))
+
+  def init(reduce, constrain, keys, like, starts=None):
+    """`starts`: given unit start vectors (leaves ``[k, ...]``) or None."""
+    del reduce
+    if starts is None:
+      starts = jax.vmap(lambda k: start_vector(k, like, dtype, config.start))(
+          keys)
+    starts = constrain(jax.tree.map(lambda x: x.astype(dtype), starts), 1)
+    states = jax.vmap(lambda v: init_state(v, config.order,
+                                           config.reorthogonalize))(starts)
+    return constrain_state(constrain, states)
+
+  def segment(reduce, constrain, states, start, stop):
+    def go_on(carry):
+      i, states = carry
+      return (i < stop) & ~jnp.any(states.bad_step >= 0) & ~jnp.all(
+          states.done)
+    first = jnp.asarray(start, jnp.int32)
+    if states.alphas.shape[0] == 1:
+      # One draw: unbatched code, as in `recurrence`: XLA keeps extra copies
+      # of a vmapped [1, order, ...] basis in the loop, but updates an
+      # [order, ...] one in place.
+      squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
+      expand = lambda t: jax.tree.map(lambda x: x[None], t)
+      def step_one(carry):
+        i, state = carry
+        state = record(state, i)
+        w = reduce(expand(jax.tree.map(lambda x: x.astype(mv_dtype),
+                                       state.v)))
+        state = update(state, i, squeeze(w), config.tol, config.reorth_passes)
+        return i + 1, squeeze(constrain_state(constrain, expand(state)))
+      _, state = jax.lax.while_loop(go_on, step_one, (first, squeeze(states)))
+      return expand(state)
+    def step(carry):
+      i, states = carry
+      states = jax.vmap(record, in_axes=(0, None))(states, i)
+      w = reduce(jax.tree.map(lambda x: x.astype(mv_dtype), states.v))
+      states = jax.vmap(update, in_axes=(0, None, 0, None, None))(
+          states, i, w, config.tol, config.reorth_passes)
+      return i + 1, constrain_state(constrain, states)
+    _, states = jax.lax.while_loop(go_on, step, (first, states))
+    return states
+
+  def finish(reduce, constrain, states):
+    del reduce, constrain
+    return (jax.vmap(tridiag)(states.alphas, states.betas), states.num_steps,
+            states.bad_step)
+
+  return Programs(init, segment, finish)
