@@ -97,12 +97,17 @@ def provenance(argv=None, now=None):
   versions = f'Python {platform.python_version()}'
   if 'jax' in sys.modules:
     versions += f', jax {sys.modules["jax"].__version__}'
-  # A shared machine's timings need its load to be read.
-  load = (f'{os.getloadavg()[0]:.1f} (1-minute, when the report was written)'
-          if hasattr(os, 'getloadavg') else 'unknown')
   return {'commit': commit(), 'date': now.strftime('%Y-%m-%d %H:%M UTC'),
-          'machine': machine, 'load': load, 'command': command(argv),
+          'machine': machine, 'load': load_average(), 'command': command(argv),
           'versions': versions, 'stamp': now.strftime('%Y-%m-%dT%H%MZ')}
+
+
+def load_average():
+  """The 1-minute load average, as text: a shared machine's timings need
+  its load to be read."""
+  if not hasattr(os, 'getloadavg'):
+    return 'unknown'
+  return f'{os.getloadavg()[0]:.1f} (1-minute)'
 
 
 def write(name, body, prov=None, directory=None):
@@ -187,9 +192,11 @@ class _Tee(io.TextIOBase):
 def run(name, main, *args, **kwargs):
   """Runs `main(*args, **kwargs)`, printing as usual, then writes what it
   printed to stdout as report `name`. Returns `main`'s result."""
+  prov = provenance()  # the commit and date of the start, not of the end
   tee = _Tee(sys.stdout)
   with contextlib.redirect_stdout(tee):
     result = main(*args, **kwargs)
-  path = write(name, tee.copy.getvalue())
+  prov['load'] = f"{prov['load']} at the start, {load_average()} at the end"
+  path = write(name, tee.copy.getvalue(), prov)
   print(f'report: {path}', file=sys.stderr)
   return result

@@ -7,15 +7,24 @@
 * Every `docs/guide/*.md` that the nav does not list is appended to the
   "User guide" section, titled by its first heading, so that a helper adding a
   page does not have to edit mkdocs.yml, and strict mode never fails on it.
+* A relative link from a page to a file of the repository outside `docs/`
+  (`../../benchmarks/trace.py`, `../README.md`) points to that file on GitHub
+  (`repo_url`), so that it works on the site as on GitHub; a link to a file
+  that exists nowhere stays as it is, and strict mode reports it.
 """
 
+import os
 import pathlib
+import posixpath
+import re
 
 from mkdocs import plugins
 from mkdocs.structure import files as files_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDE = 'User guide'
+# [text](target) and ![alt](target), target without a scheme or an anchor only.
+_LINK = re.compile(r'(!?\[[^\]]*\]\()([^)\s#]+)((?:#[^)\s]*)?\))')
 
 
 def _title(path):
@@ -55,3 +64,26 @@ def on_files(files, config):
         dest_dir=config['site_dir'],
         use_directory_urls=config['use_directory_urls']))
   return files
+
+
+def _outside_docs(target, page_uri):
+  """The repository path of a relative link that leaves docs/, or None."""
+  if re.match(r'^[a-z][a-z0-9+.-]*:', target) or target.startswith('/'):
+    return None
+  path = posixpath.normpath(posixpath.join('docs', posixpath.dirname(page_uri),
+                                           target))
+  if path.startswith('docs/') or path.startswith('..'):
+    return None
+  return path if os.path.exists(ROOT / path) else None
+
+
+def on_page_markdown(markdown, page, config, files):
+  blob = config['repo_url'].rstrip('/') + '/blob/main/'
+
+  def repoint(match):
+    path = _outside_docs(match.group(2), page.file.src_uri)
+    if path is None:
+      return match.group(0)
+    return match.group(1) + blob + path + match.group(3)
+
+  return _LINK.sub(repoint, markdown)

@@ -32,6 +32,7 @@ def test_run_writes_what_main_printed_under_its_provenance(
   today = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')
   assert f'| date | {today} ' in text
   assert '| command | `python ' in text
+  assert ' at the start, ' in text and '| load average | ' in text
   # The printed table stays a Markdown table, the text line a paragraph.
   assert '\njax on cpu\n\n| model | value |\n|---|---|\n| MLP | 0.5 |\n' in text
   assert f'[{path.name[len("bench_x_"):-3]}]({path.name})' in (
