@@ -14,7 +14,8 @@
 The normalisation `norm`:
 
   'batch'       `nn.BatchNorm`: mini-batch statistics when `train=True`
-                (synchronised over the devices of `bn_axis_name`), running
+                (of the whole batch: training runs under `jit` over a
+                mesh, so the batch is one global array), running
                 averages (collection 'batch_stats') when `train=False`.
   'population'  `population.PopulationBatchNorm`: statistics of the whole
                 training set (collection 'population_stats').
@@ -76,8 +77,9 @@ def norm_layer(norm: str, train: bool, *, epsilon: float,
     norm: one of NORMS.
     train: whether 'batch' uses mini-batch statistics (else running averages).
     epsilon: added to the variance.
-    axis_name: 'batch' only: the pmap axis whose devices share the batch
-      statistics (None: each device its own).
+    axis_name: 'batch' only: a named axis (of `shard_map` or `vmap`) whose
+      members share the batch statistics; None under `jit`, where the batch
+      is one global array however it is laid out.
     population_pass: 'population' only, see `PopulationBatchNorm`.
     dtype, param_dtype: computation and parameter dtypes.
 
@@ -187,9 +189,9 @@ class PreActResNet(nn.Module):
     num_filters: channels of the first convolution and of the first stage.
     num_classes: number of logits.
     norm: one of NORMS.
-    bn_axis_name: norm='batch' in training: the pmap axis over which batch
-      statistics are synchronised (so that D devices normalise over the
-      global batch, as one device would).
+    bn_axis_name: norm='batch' in training, inside `shard_map` or `vmap`:
+      the named axis over which batch statistics are synchronised (unused by
+      `experiments.train`, whose `jit` sees the global batch).
     population_pass: norm='population', see `PopulationBatchNorm`.
     dtype: computation dtype; None follows the inputs and parameters.
     param_dtype: dtype of the parameters.

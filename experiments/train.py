@@ -48,6 +48,7 @@ from experiments import population
 from experiments import probe as probe_lib
 from experiments import workdir as wd
 
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a resumed run needs (the data order follows from the step).
