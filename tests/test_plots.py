@@ -120,17 +120,6 @@ def test_write_summary_states_loss_accuracy_and_timings(tmp_path):
   assert 'dense Hessian 1.0 s, eigh 2.0 s; SLQ 0.50 s' in text
 
 
-def test_write_all_draws_every_figure(tmp_path):
-  path = make_run(tmp_path)
-  paths = plots.write_all(path)
-  names = {os.path.basename(p) for p in paths}
-  assert names == {wd.density_plot_name(0), wd.density_plot_name(10),
-                   'densities.png', 'curvature.png', 'exact_vs_slq.png',
-                   'training.png'}
-  assert set(os.listdir(wd.plot_path(path, ''))) == names
-  assert all(os.path.getsize(p) > 5_000 for p in paths)
-
-
 def test_comparison_of_runs(tmp_path):
   a = make_run(tmp_path / 'a', steps=(0, 10), scale=1.0)
   b = make_run(tmp_path / 'b', steps=(0, 10, 20), scale=3.0, drops=(7,))
@@ -182,11 +171,18 @@ def _caption(ax):
   return texts[0] if texts else None
 
 
-def test_every_figure_is_labelled_captioned_and_printable(tmp_path,
-                                                           monkeypatch):
+def test_write_all_draws_every_figure_labelled_captioned_printable(
+    tmp_path, monkeypatch):
   from PIL import Image
   figures = _kept_figures(monkeypatch)
-  paths = plots.write_all(make_run(tmp_path))
+  path = make_run(tmp_path)
+  paths = plots.write_all(path)
+  names = {os.path.basename(p) for p in paths}
+  assert names == {wd.density_plot_name(0), wd.density_plot_name(10),
+                   'densities.png', 'curvature.png', 'exact_vs_slq.png',
+                   'training.png'}
+  assert set(os.listdir(wd.plot_path(path, ''))) == names
+  assert all(os.path.getsize(p) > 5_000 for p in paths)
   for path in paths:
     with Image.open(path) as image:
       assert image.info['dpi'] == pytest.approx((150, 150), abs=0.1), path
