@@ -62,9 +62,9 @@ def get_config(arg=None):
   # array; here per layer: kernel and bias together), on a fixed set.
   config.hessian = ml_collections.ConfigDict()
   config.hessian.blocks = 'per_layer'
-  config.hessian.num_examples = 64
+  config.hessian.num_examples = 32
   config.hessian.batch_size = 32
-  config.hessian.order = 40
+  config.hessian.order = 30
   config.hessian.num_draws = 2
   config.hessian.grid_len = 4000
   # Devices of the Hessian products (None: all).
