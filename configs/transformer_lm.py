@@ -67,6 +67,9 @@ def get_config(arg=None):
   config.hessian.order = 30
   config.hessian.num_draws = 2
   config.hessian.grid_len = 4000
+  # JS distances are also reported with a kernel of this fraction of the
+  # blocks' common span (invariant to scaling the operator).
+  config.hessian.relative_sigma = 0.01
   # Devices of the Hessian products (None: all).
   config.hessian.num_devices = None
 

@@ -196,6 +196,11 @@ def block_js(problem, params, config, seed, diagonal=None):
       include_full=False, restricted_products=False)
   grid, sigma = blocks_lib.common_grid(res, grid_len=config.hessian.grid_len)
   matrix, names = sd.js_distances(res, grid, sigma)
+  grid, sigma = blocks_lib.common_grid(
+      res, grid_len=config.hessian.grid_len,
+      relative_sigma=config.hessian.relative_sigma)
+  relative, _ = sd.js_distances(res, grid, sigma)
+  res.relative_js = relative
   return res, matrix, names
 
 
@@ -244,6 +249,7 @@ def run(config, log=print):
       rec = {}
       res, matrix, names = block_js(problem, params, config, seed)
       rec['js_init'] = sd.mean_js_distance(matrix)
+      rec['jsrel_init'] = sd.mean_js_distance(res.relative_js)
       rec['spread_init'] = scale_spread(res)
       kept[(name, seed, 'init')] = (res, matrix, names)
       if config.train.num_steps:
@@ -262,6 +268,7 @@ def run(config, log=print):
         new, state = trained['adam']
         res, matrix, names = block_js(problem, new, config, seed)
         rec['js_trained'] = sd.mean_js_distance(matrix)
+        rec['jsrel_trained'] = sd.mean_js_distance(res.relative_js)
         rec['spread_trained'] = scale_spread(res)
         kept[(name, seed, 'trained')] = (res, matrix, names)
         if name == 'transformer':
@@ -269,6 +276,8 @@ def run(config, log=print):
                                             eps=config.train.adam_eps)
           res, matrix, names = block_js(problem, new, config, seed, diagonal)
           rec['js_trained_preconditioned'] = sd.mean_js_distance(matrix)
+          rec['jsrel_trained_preconditioned'] = sd.mean_js_distance(
+              res.relative_js)
           rec['spread_trained_preconditioned'] = scale_spread(res)
           kept[(name, seed, 'preconditioned')] = (res, matrix, names)
       rec['seconds'] = time.time() - start
@@ -282,19 +291,23 @@ def run(config, log=print):
 def summary_lines(out):
   """The report's table and the answers, as Markdown lines."""
   lines = ['| seed | model | mean JS, init | mean JS, after Adam | '
-           'mean JS, Adam-preconditioned | decades of block scales: init / '
+           'mean JS, Adam-preconditioned | mean JS, relative kernel: init / '
+           'after Adam / preconditioned | decades of block scales: init / '
            'after Adam / preconditioned | final loss SGD | final loss Adam '
-           '| gap SGD - Adam |', '|---|---|---|---|---|---|---|---|---|']
+           '| gap SGD - Adam |', '|---|---|---|---|---|---|---|---|---|---|']
   fmt = lambda rec, k: f'{rec[k]:.4f}' if k in rec else '-'
   for seed, record in out['per_seed'].items():
     for name in MODELS:
       rec = record[name]
+      rel = ' / '.join(f'{rec[k]:.4f}' for k in (
+          'jsrel_init', 'jsrel_trained', 'jsrel_trained_preconditioned')
+                       if k in rec)
       spread = ' / '.join(f'{rec[k]:.2f}' for k in (
           'spread_init', 'spread_trained', 'spread_trained_preconditioned')
                           if k in rec)
       lines.append(f'| {seed} | {name} | ' + ' | '.join(fmt(rec, k) for k in (
           'js_init', 'js_trained', 'js_trained_preconditioned')) +
-                   f' | {spread} | ' + ' | '.join(fmt(rec, k) for k in (
+                   f' | {rel} | {spread} | ' + ' | '.join(fmt(rec, k) for k in (
                        'loss_sgd', 'loss_adam', 'gap_sgd_minus_adam')) + ' |')
   seeds = list(out['per_seed'])
   per = lambda k, name: np.array([out['per_seed'][s][name].get(k, np.nan)
@@ -302,6 +315,15 @@ def summary_lines(out):
   lines.append('')
   for key, label in (('js_init', 'at initialisation'),
                      ('js_trained', 'after Adam training')):
+    margin = per(key, 'transformer') - per(key, 'cnn')
+    if np.all(np.isnan(margin)):
+      continue
+    verdict = 'yes' if np.all(margin > 0) else 'no'
+    lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
+                 f'every seed: **{verdict}**; margins (transformer - CNN) '
+                 f'per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
+  for key, label in (('jsrel_init', 'at initialisation, relative kernel'),
+                     ('jsrel_trained', 'after Adam training, relative kernel')):
     margin = per(key, 'transformer') - per(key, 'cnn')
     if np.all(np.isnan(margin)):
       continue
@@ -333,7 +355,16 @@ def summary_lines(out):
     plain = per('js_trained', 'transformer')
     lines.append('* Transformer after Adam, mean JS of H vs of '
                  'P^-1/2 H P^-1/2 per seed: ' + ', '.join(
-                     f'{a:.4f} -> {b:.4f}' for a, b in zip(plain, pre)) + '.')
+                     f'{a:.4f} -> {b:.4f}' for a, b in zip(plain, pre)) +
+                 '; with the relative kernel: ' + ', '.join(
+                     f'{a:.4f} -> {b:.4f}' for a, b in zip(
+                         per('jsrel_trained', 'transformer'),
+                         per('jsrel_trained_preconditioned', 'transformer')))
+                 + '; decades of block scales: ' + ', '.join(
+                     f'{a:.2f} -> {b:.2f}' for a, b in zip(
+                         per('spread_trained', 'transformer'),
+                         per('spread_trained_preconditioned', 'transformer')))
+                 + '.')
   return lines
 
 
