@@ -51,8 +51,8 @@ def get_config(arg=None):
   config.train.num_steps = 300
   config.train.batch_size = 32
   config.train.momentum = 0.9
-  config.train.sgd_rates = (0.03, 0.1, 0.3)
-  config.train.adam_rates = (1e-3, 3e-3, 1e-2)
+  config.train.sgd_rates = (0.01, 0.03, 0.1, 0.3)
+  config.train.adam_rates = (1e-3, 3e-3, 1e-2, 3e-2)
   config.train.adam_b2 = 0.999
   config.train.adam_eps = 1e-8
   # The final loss: mean training loss over the last this many steps.
@@ -62,11 +62,16 @@ def get_config(arg=None):
   # array; here per layer: kernel and bias together), on a fixed set.
   config.hessian = ml_collections.ConfigDict()
   config.hessian.blocks = 'per_layer'
-  config.hessian.num_examples = 64
+  config.hessian.num_examples = 32
   config.hessian.batch_size = 32
-  config.hessian.order = 40
+  config.hessian.order = 30
   config.hessian.num_draws = 2
   config.hessian.grid_len = 4000
+  # JS distances are also reported with a kernel of this fraction of the
+  # blocks' common span (invariant to scaling the operator).
+  config.hessian.relative_sigma = 0.01
+  # Devices of the Hessian products (None: all).
+  config.hessian.num_devices = None
 
   if arg == 'smoke':
     config.seeds = (0, 1)
@@ -85,6 +90,7 @@ def get_config(arg=None):
     config.hessian.order = 12
     config.hessian.num_draws = 1
     config.hessian.grid_len = 1000
+    config.hessian.num_devices = 1
   elif arg not in (None, ''):
     raise ValueError(f"transformer_lm: unknown config argument {arg!r}; use "
                      "transformer_lm.py or transformer_lm.py:smoke.")

@@ -183,8 +183,10 @@ def final_loss(losses, config):
 def block_js(problem, params, config, seed, diagonal=None):
   """(BlockSpectra, JS matrix, names) of the Hessian (or its preconditioned
   form, given Adam's `diagonal`) on the Hessian set."""
+  num = config.hessian.get('num_devices')
   op, _, _ = sd.get_hvp_fn(problem.loss, params, problem.hessian_set,
-                           batch_size=config.hessian.batch_size)
+                           batch_size=config.hessian.batch_size,
+                           devices=jax.devices()[:num] if num else None)
   if diagonal is not None:
     op = sd.preconditioned(op, diagonal)
   # Many small blocks: one compiled full product beats one per block.
@@ -194,7 +196,19 @@ def block_js(problem, params, config, seed, diagonal=None):
       include_full=False, restricted_products=False)
   grid, sigma = blocks_lib.common_grid(res, grid_len=config.hessian.grid_len)
   matrix, names = sd.js_distances(res, grid, sigma)
+  grid, sigma = blocks_lib.common_grid(
+      res, grid_len=config.hessian.grid_len,
+      relative_sigma=config.hessian.relative_sigma)
+  relative, _ = sd.js_distances(res, grid, sigma)
+  res.relative_js = relative
   return res, matrix, names
+
+
+def scale_spread(res):
+  """log10 of the ratio of the largest to the smallest block's |lambda_max|:
+  how many decades the blocks' curvature scales span."""
+  tops = np.array([abs(r.lambda_max) for r in res.values()])
+  return float(np.log10(tops.max() / max(tops.min(), 1e-30)))
 
 
 def run(config, log=print):
@@ -222,7 +236,8 @@ def run(config, log=print):
                                                                 config),
                                config, seeds[0])
           finals[rate] = final_loss(losses, config)
-          log(f'{name} {opt} lr={rate:g}: final loss {finals[rate]:.4f}')
+          log(f'{name} {opt} lr={rate:g}: final loss {finals[rate]:.4f}',
+              flush=True)
         out['tuned_rates'][name][opt] = {
             'rate': min(finals, key=finals.get),
             'grid': {str(k): v for k, v in finals.items()}}
@@ -234,6 +249,8 @@ def run(config, log=print):
       rec = {}
       res, matrix, names = block_js(problem, params, config, seed)
       rec['js_init'] = sd.mean_js_distance(matrix)
+      rec['jsrel_init'] = sd.mean_js_distance(res.relative_js)
+      rec['spread_init'] = scale_spread(res)
       kept[(name, seed, 'init')] = (res, matrix, names)
       if config.train.num_steps:
         trained = {}
@@ -251,17 +268,22 @@ def run(config, log=print):
         new, state = trained['adam']
         res, matrix, names = block_js(problem, new, config, seed)
         rec['js_trained'] = sd.mean_js_distance(matrix)
+        rec['jsrel_trained'] = sd.mean_js_distance(res.relative_js)
+        rec['spread_trained'] = scale_spread(res)
         kept[(name, seed, 'trained')] = (res, matrix, names)
         if name == 'transformer':
           diagonal = sd.adam_preconditioner(state, b2=config.train.adam_b2,
                                             eps=config.train.adam_eps)
           res, matrix, names = block_js(problem, new, config, seed, diagonal)
           rec['js_trained_preconditioned'] = sd.mean_js_distance(matrix)
+          rec['jsrel_trained_preconditioned'] = sd.mean_js_distance(
+              res.relative_js)
+          rec['spread_trained_preconditioned'] = scale_spread(res)
           kept[(name, seed, 'preconditioned')] = (res, matrix, names)
       rec['seconds'] = time.time() - start
       record[name] = rec
       log(f'seed {seed} {name}: ' + ', '.join(
-          f'{k}={v:.4g}' for k, v in rec.items()))
+          f'{k}={v:.4g}' for k, v in rec.items()), flush=True)
     out['per_seed'][str(seed)] = record
   return out, kept
 
@@ -269,15 +291,24 @@ def run(config, log=print):
 def summary_lines(out):
   """The report's table and the answers, as Markdown lines."""
   lines = ['| seed | model | mean JS, init | mean JS, after Adam | '
-           'mean JS, Adam-preconditioned | final loss SGD | final loss Adam '
-           '| gap SGD - Adam |', '|---|---|---|---|---|---|---|---|']
+           'mean JS, Adam-preconditioned | mean JS, relative kernel: init / '
+           'after Adam / preconditioned | decades of block scales: init / '
+           'after Adam / preconditioned | final loss SGD | final loss Adam '
+           '| gap SGD - Adam |', '|---|---|---|---|---|---|---|---|---|---|']
   fmt = lambda rec, k: f'{rec[k]:.4f}' if k in rec else '-'
   for seed, record in out['per_seed'].items():
     for name in MODELS:
       rec = record[name]
+      rel = ' / '.join(f'{rec[k]:.4f}' for k in (
+          'jsrel_init', 'jsrel_trained', 'jsrel_trained_preconditioned')
+                       if k in rec)
+      spread = ' / '.join(f'{rec[k]:.2f}' for k in (
+          'spread_init', 'spread_trained', 'spread_trained_preconditioned')
+                          if k in rec)
       lines.append(f'| {seed} | {name} | ' + ' | '.join(fmt(rec, k) for k in (
-          'js_init', 'js_trained', 'js_trained_preconditioned', 'loss_sgd',
-          'loss_adam', 'gap_sgd_minus_adam')) + ' |')
+          'js_init', 'js_trained', 'js_trained_preconditioned')) +
+                   f' | {rel} | {spread} | ' + ' | '.join(fmt(rec, k) for k in (
+                       'loss_sgd', 'loss_adam', 'gap_sgd_minus_adam')) + ' |')
   seeds = list(out['per_seed'])
   per = lambda k, name: np.array([out['per_seed'][s][name].get(k, np.nan)
                                   for s in seeds])
@@ -291,6 +322,25 @@ def summary_lines(out):
     lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
                  f'every seed: **{verdict}**; margins (transformer - CNN) '
                  f'per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
+  for key, label in (('jsrel_init', 'at initialisation, relative kernel'),
+                     ('jsrel_trained', 'after Adam training, relative kernel')):
+    margin = per(key, 'transformer') - per(key, 'cnn')
+    if np.all(np.isnan(margin)):
+      continue
+    verdict = 'yes' if np.all(margin > 0) else 'no'
+    lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
+                 f'every seed: **{verdict}**; margins (transformer - CNN) '
+                 f'per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
+  for key, label in (('spread_init', 'at initialisation'),
+                     ('spread_trained', 'after Adam training')):
+    margin = per(key, 'transformer') - per(key, 'cnn')
+    if np.all(np.isnan(margin)):
+      continue
+    verdict = 'yes' if np.all(margin > 0) else 'no'
+    lines.append(f'* Transformer block scales (log10 of max / min block '
+                 f'lambda_max) span more decades than the CNN\'s {label} for '
+                 f'every seed: **{verdict}**; margins in decades: '
+                 f'{", ".join(f"{m:+.2f}" for m in margin)}.')
   gap_t, gap_c = per('gap_sgd_minus_adam', 'transformer'), per(
       'gap_sgd_minus_adam', 'cnn')
   if not np.all(np.isnan(gap_t)):
@@ -305,7 +355,16 @@ def summary_lines(out):
     plain = per('js_trained', 'transformer')
     lines.append('* Transformer after Adam, mean JS of H vs of '
                  'P^-1/2 H P^-1/2 per seed: ' + ', '.join(
-                     f'{a:.4f} -> {b:.4f}' for a, b in zip(plain, pre)) + '.')
+                     f'{a:.4f} -> {b:.4f}' for a, b in zip(plain, pre)) +
+                 '; with the relative kernel: ' + ', '.join(
+                     f'{a:.4f} -> {b:.4f}' for a, b in zip(
+                         per('jsrel_trained', 'transformer'),
+                         per('jsrel_trained_preconditioned', 'transformer')))
+                 + '; decades of block scales: ' + ', '.join(
+                     f'{a:.2f} -> {b:.2f}' for a, b in zip(
+                         per('spread_trained', 'transformer'),
+                         per('spread_trained_preconditioned', 'transformer')))
+                 + '.')
   return lines
 
 

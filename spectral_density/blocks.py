@@ -265,12 +265,13 @@ def wasserstein1(a, b_list, b_sizes):
                                           b_weights))
 
 
-def common_grid(spectra, sigma=None, grid_len=4000):
+def common_grid(spectra, sigma=None, grid_len=4000, relative_sigma=None):
   """``(grid [grid_len], sigma)`` spanning the weighted nodes of every result
   in `spectra` (a dict or list of `SpectrumResult`s), `density.KERNEL_MARGIN`
   kernel widths beyond them; `sigma` defaults to the original's width over
   that span (``sqrt(1e-5 max(1, width))``: Zhang et al.'s ``sqrt(1e-5)``
-  for spectra narrower than 1)."""
+  for spectra narrower than 1), or `relative_sigma` times the span (then the
+  densities, and JS distances, do not change when the operator is scaled)."""
   results = list(spectra.values()) if isinstance(spectra, dict) else list(
       spectra)
   if not results:
@@ -278,7 +279,12 @@ def common_grid(spectra, sigma=None, grid_len=4000):
   nodes = np.concatenate([density.weighted_nodes(r.nodes, r.weights)[0]
                           for r in results])
   low, high = float(nodes.min()), float(nodes.max())
-  if sigma is None:
+  if relative_sigma is not None:
+    if sigma is not None or not relative_sigma > 0:
+      raise ValueError('relative_sigma: must be > 0, and not given with '
+                       f'sigma (got {relative_sigma}, sigma={sigma}).')
+    sigma = relative_sigma * max(high - low, np.finfo(np.float64).tiny)
+  elif sigma is None:
     sigma = density.kernel_sigma(low, high)
   elif not sigma > 0:
     raise ValueError(f'sigma: must be > 0, got {sigma}.')
@@ -286,22 +292,23 @@ def common_grid(spectra, sigma=None, grid_len=4000):
   return np.linspace(low - margin, high + margin, int(grid_len)), float(sigma)
 
 
-def block_densities(spectra, grid=None, sigma=None):
+def block_densities(spectra, grid=None, sigma=None, relative_sigma=None):
   """``(densities {name: [grid_len]}, grid, sigma)``: every block's smoothed
   density (mean over draws, integral 1 over the grid) on one common grid
-  (`common_grid` unless given)."""
+  (`common_grid` unless given; `relative_sigma` as there)."""
   if not isinstance(spectra, dict) or not spectra:
     raise TypeError('spectra: expected a non-empty dict name -> '
                     f'SpectrumResult (a BlockSpectra), got {type(spectra)}.')
   if grid is None:
-    grid, sigma = common_grid(spectra, sigma)
+    grid, sigma = common_grid(spectra, sigma, relative_sigma=relative_sigma)
   elif sigma is None:
     raise ValueError('sigma: give it with a grid.')
   out = {name: r.density(grid, sigma=sigma)[0] for name, r in spectra.items()}
   return out, np.asarray(grid), float(sigma)
 
 
-def js_distances(spectra, grid=None, sigma=None, divergence=False):
+def js_distances(spectra, grid=None, sigma=None, divergence=False,
+                 relative_sigma=None):
   """Jensen-Shannon distances between every pair of block densities.
 
   As Zhang et al. (NeurIPS 2024, "Why Transformers Need Adam: A Hessian
@@ -315,13 +322,18 @@ def js_distances(spectra, grid=None, sigma=None, divergence=False):
 
   Args:
     spectra: dict ``name -> SpectrumResult`` (a `BlockSpectra`).
-    grid, sigma: as `block_densities`.
+    grid, sigma, relative_sigma: as `block_densities`. The distances depend
+      on the kernel width relative to the blocks' spreads: the default
+      (Zhang et al.'s absolute width) makes a wider spectrum look more
+      heterogeneous; `relative_sigma` (a fraction of the common span) makes
+      them invariant to scaling the operator, for comparing operators of
+      different scales (a model against another, H against P^-1/2 H P^-1/2).
     divergence: return the divergence (the square) instead of the distance.
 
   Returns:
     ``(matrix [B, B], names [B])``, symmetric with a zero diagonal.
   """
-  densities, _, _ = block_densities(spectra, grid, sigma)
+  densities, _, _ = block_densities(spectra, grid, sigma, relative_sigma)
   names = list(densities)
   probs = []
   for name in names:
