@@ -37,18 +37,22 @@ def snapshot_metrics(result, gradient, num_classes):
   Returns:
     {'lambda_max', 'lambda_min', 'lambda_ratio' (lambda_1 / lambda_k), 'k',
     'negative_mass' (unsmoothed quadrature weight below 0),
+    'negative_mass_interval' (its 90% interval, the CDF band at 0: near a
+    bulk at 0 the point estimate alone misleads),
     'negative_mass_tol' (the same below -NEGATIVE_TOL * lambda_max), 'trace',
     'gradient_concentration' (||P_k g||^2 / ||g||^2, P_k the projector on the
     top-k Ritz vectors), 'gradient_norm'}.
   """
   k = min(int(num_classes), int(result.num_steps.min()))
   below = result.nodes < -NEGATIVE_TOL * result.lambda_max
+  negative = result.negative_mass()
   return {
       'lambda_max': result.lambda_max,
       'lambda_min': result.lambda_min,
       'lambda_ratio': result.eigenvalue_ratio(k),
       'k': k,
-      'negative_mass': result.negative_mass(),
+      'negative_mass': float(negative),
+      'negative_mass_interval': [negative.lower, negative.upper],
       'negative_mass_tol': float(np.mean(np.sum(result.weights * below, 1))),
       'trace': result.trace,
       'trace_stderr': result.trace_stderr if result.num_draws > 1 else None,

@@ -134,6 +134,9 @@ class Estimate(float):
     out.lower, out.upper, out.level = float(lower), float(upper), float(level)
     return out
 
+  def __getnewargs__(self):  # pickles with its interval
+    return float(self), self.lower, self.upper, self.level
+
   def __repr__(self):
     return (f'{float(self):.6g} ({self.level:.0%} interval [{self.lower:.6g}, '
             f'{self.upper:.6g}])')

@@ -34,7 +34,8 @@ whichever pairs are deflated; the deflated pairs only remove the outliers'
 share of the variance (a control variate).
 """
 
-from typing import NamedTuple, Optional
+import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -190,46 +191,40 @@ def converged_ritz_pairs(pool, d, residual_rtol=1e-4, space=None):
   return theta[keep], cu, norms[keep]
 
 
-class Deflated(NamedTuple):
-  """What the deflated trace and spectral sums need, kept after the bases
-  are gone (`deflate`); ``p`` is the most converged pairs of any draw.
+class Deflation:
+  """The deflated estimators of a run, each computed on first use.
 
-  Attributes:
-    trace_samples: ``[D]`` `deflated_trace_samples`.
-    ritz_values: ``[D, p]`` per draw ``d``, the converged Ritz values of the
-      other draws' space (`converged_ritz_pairs`), NaN-padded.
-    ritz_overlaps: ``[D, p]`` their ``y_j . u_d``, NaN-padded.
+  Args:
+    tridiag: ``[D, m, m]``.
+    gram: ``[D m, D m]`` (`basis_gram` of kept bases, or the run's
+      `LanczosResult.gram`: NaN between draws of different passes).
+    num_steps: ``[D]``.
+    dim: operator size.
+    dtype: the basis dtype (its eps scales the Gram threshold).
   """
-  trace_samples: np.ndarray
-  ritz_values: np.ndarray
-  ritz_overlaps: np.ndarray
 
+  def __init__(self, tridiag, gram, num_steps, dim, dtype):
+    self.tridiag = np.asarray(tridiag)
+    self.pool = pooled_bases(self.tridiag, gram, num_steps, dim, dtype)
+
+  @functools.cached_property
+  def _spaces(self):
+    # One eigendecomposition of each left-out Gram matrix serves both.
+    return [_left_out_space(self.pool, d) for d in range(self.pool.num_draws)]
+
+  @functools.cached_property
+  def trace_samples(self):
+    """``[D]`` `deflated_trace_samples`."""
+    gram_a = self.pool.gram @ self.pool.blocks
+    return np.array([
+        _deflated_trace_sample(self.tridiag, self.pool, gram_a, d, space)
+        for d, space in enumerate(self._spaces)])
+
+  @functools.cached_property
   def ritz_pairs(self):
-    """Per draw ``(theta [p_d], cu [p_d])`` without the padding."""
-    return [(t[np.isfinite(t)], c[np.isfinite(t)])
-            for t, c in zip(self.ritz_values, self.ritz_overlaps)]
-
-
-def deflate(tridiag, gram, num_steps, dim, dtype):
-  """`Deflated` of a run (`pooled_bases`' arguments), or None with fewer
-  than 2 draws."""
-  tridiag = np.asarray(tridiag)
-  if tridiag.shape[0] < 2 or gram is None:
-    return None
-  pool = pooled_bases(tridiag, gram, num_steps, dim, dtype)
-  gram_a = pool.gram @ pool.blocks
-  # One eigendecomposition of each left-out Gram matrix serves both.
-  spaces = [_left_out_space(pool, d) for d in range(pool.num_draws)]
-  trace = np.array([_deflated_trace_sample(tridiag, pool, gram_a, d, space)
-                    for d, space in enumerate(spaces)])
-  pairs = [converged_ritz_pairs(pool, d, space=space)
-           for d, space in enumerate(spaces)]
-  width = max([1] + [theta.size for theta, _, _ in pairs])
-  values = np.full((pool.num_draws, width), np.nan)
-  overlaps = np.full((pool.num_draws, width), np.nan)
-  for d, (theta, cu, _) in enumerate(pairs):
-    values[d, :theta.size], overlaps[d, :theta.size] = theta, cu
-  return Deflated(trace, values, overlaps)
+    """Per draw ``(theta, cu)`` of `converged_ritz_pairs`."""
+    return [converged_ritz_pairs(self.pool, d, space=space)[:2]
+            for d, space in enumerate(self._spaces)]
 
 
 def deflated_sum_samples(nodes, weights, dim, ritz_pairs, fn):
@@ -240,7 +235,7 @@ def deflated_sum_samples(nodes, weights, dim, ritz_pairs, fn):
     nodes, weights: ``[num_draws, order]`` Gauss rules of the draws.
     dim: operator size ``n``.
     ritz_pairs: per draw ``d``, ``(theta, cu)`` of the converged Ritz pairs
-      of its left-out space (`Deflated.ritz_pairs`).
+      of its left-out space (`Deflation.ritz_pairs`).
     fn: vectorised ``f``.
   """
   quad = spectral_sum_samples(nodes, weights, 1, fn)

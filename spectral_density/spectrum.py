@@ -476,16 +476,16 @@ class SpectrumResult:
 
   @functools.cached_property
   def _deflated(self):
-    """`deflation.Deflated` from `gram` or kept bases (computed once, on
-    first use: ``num_draws`` eigendecompositions of ``(num_draws - 1) x
-    order`` rows), or None."""
+    """`deflation.Deflation` from `gram` or kept bases, or None. Its pieces
+    are computed on first use (``num_draws`` eigendecompositions of
+    ``(num_draws - 1) x order`` rows)."""
     if self.num_draws < 2:
       return None
     if self.gram is not None:
-      return deflation_lib.deflate(self.tridiag, self.gram, self.num_steps,
-                                   self.dim, self.tridiag.dtype)
+      return deflation_lib.Deflation(self.tridiag, self.gram, self.num_steps,
+                                     self.dim, self.tridiag.dtype)
     if self.vecs is not None:
-      return deflation_lib.deflate(
+      return deflation_lib.Deflation(
           self.tridiag, deflation_lib.basis_gram(self.vecs), self.num_steps,
           self.dim, self.vecs.dtype)
     return None
@@ -519,7 +519,7 @@ class SpectrumResult:
   def _sum_samples(self, fn):
     if self._deflated is not None:
       return deflation_lib.deflated_sum_samples(
-          self.nodes, self.weights, self.dim, self._deflated.ritz_pairs(), fn)
+          self.nodes, self.weights, self.dim, self._deflated.ritz_pairs, fn)
     return deflation_lib.spectral_sum_samples(self.nodes, self.weights,
                                               self.dim, fn)
 

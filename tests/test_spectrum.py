@@ -1,5 +1,8 @@
 """The one-call SLQ result and its estimators, against exact spectra."""
 
+import json
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,3 +247,81 @@ def test_ritz_vectors_and_fractions_as_parameter_pytrees(tmp_path):
   assert loaded == res and loaded.params_like is None
   with pytest.raises(ValueError, match='pytree: this result does not know'):
     loaded.ritz_vectors(2, pytree=True)
+def test_slq_of_a_masked_block_estimates_the_blocks_trace_and_spectrum():
+  """`projection_masks` (issue 19, item 4): a 50-of-200 block, order 50
+  (its size): the spectrum is the block's (`eigh`), the trace the block's
+  (56, not 224), the rule of `block_spectra`."""
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(200, 200))
+  a = a @ a.T / 200
+  mask = np.zeros(200)
+  mask[50:100] = 1
+  block = a[50:100, 50:100]
+  with jax.enable_x64(True):
+    mat = jnp.asarray(a)
+    res = sd.slq(lambda v: mat @ v, 200, order=50, num_draws=3,
+                 rng_key=jax.random.key(0), precision='float64',
+                 projection_masks=np.tile(mask, (3, 1)))
+    assert res.dim == 50
+    assert res.trace == pytest.approx(np.trace(block), rel=1e-8)
+    assert res.spectral_sum(np.square) == pytest.approx(
+        np.sum(block ** 2), rel=1e-8)
+    np.testing.assert_allclose(res.top_eigenvalues(3),
+                               np.linalg.eigvalsh(block)[::-1][:3],
+                               rtol=1e-10)
+    other = np.roll(mask, 50)
+    with pytest.raises(ValueError, match='projection_masks: .*same mask'):
+      sd.slq(lambda v: mat @ v, 200, order=5, num_draws=2,
+             projection_masks=np.stack([mask, other]))
+
+
+def test_slq_of_order_one_is_the_rayleigh_quotient():
+  """Order 1 (item 5): each draw's one node is ``v^T A v``; the trace is n
+  times their mean."""
+  diag = np.linspace(1.0, 3.0, 5)
+  with jax.enable_x64(True):
+    res = sd.slq(lambda v: jnp.asarray(diag) * v, 5, order=1, num_draws=3,
+                 rng_key=jax.random.key(0), basis='none')
+  np.testing.assert_allclose(res.nodes[:, 0], res.tridiag[:, 0, 0])
+  np.testing.assert_array_equal(res.weights, 1.0)
+  assert res.trace == pytest.approx(5 * res.tridiag[:, 0, 0].mean())
+  assert diag[0] <= res.lambda_min <= res.lambda_max <= diag[-1]
+
+
+def test_negative_mass_comes_with_an_interval_that_holds_the_exact(problem):
+  """Item 12: a bulk N(0, 0.3) near 0; the unsmoothed estimate carries the
+  `cdf_band` interval at 0, which holds the exact fraction, and summary()
+  and to_json() report the interval with it."""
+  ev, _, _, res = problem
+  exact = np.mean(ev < 0)
+  mass = res.negative_mass()
+  assert mass.lower <= exact <= mass.upper and mass.level == 0.9
+  assert mass.lower <= float(mass) <= mass.upper
+  band = res.cdf_band(grid=[-1e-300])
+  assert mass.lower == pytest.approx(band.lower[0])
+  assert mass.upper == pytest.approx(band.upper[0])
+  smoothed = res.negative_mass(0.05)
+  assert smoothed.lower < np.mean(special.ndtr(-ev / 0.05)) < smoothed.upper
+  summary = json.loads(res.to_json())
+  assert summary['negative_mass_interval'] == [mass.lower, mass.upper]
+  assert summary['trace_deflated'] is True
+  assert '90% interval' in repr(mass)
+
+
+def test_density_warns_below_the_grid_spacing_and_its_default_follows():
+  """Item 12: on a spectrum 1e4 wide, sigma = 1e-3 (eigenvalue units) is
+  below the spacing of a 10,000-point grid and warns; the default width is
+  resolved by its grid (no warning) and matches the exact smoothed density
+  (L1 < 1e-3); the original's range-scaled width alone was 0.3 < spacing
+  1."""
+  ev = np.linspace(0.0, 1e4, 64) ** 1.0
+  nodes, weights = ev[None], np.full((1, 64), 1 / 64)
+  with pytest.warns(UserWarning, match='sigma: .* below the grid spacing'):
+    sd.eigv_to_density(nodes, weights, sigma=1e-3)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    estimate, grid = sd.eigv_to_density(nodes, weights)
+  sigma = sd.density.default_sigma(0.0, 1e4)
+  assert sigma > 2 * np.diff(grid).max() * 0.99
+  exact = sd.exact_density(ev, grid, sigma)
+  assert np.trapezoid(np.abs(estimate - exact), grid) < 1e-3
