@@ -42,7 +42,20 @@ For ResNet-32 on 50,000 CIFAR-shaped examples and ResNet-18 at 224 x 224 on
     what the time ratios would be if every program ran equally efficiently.
 Then one snapshot (gradient + order-90 draw) at the paper's scale, scaled
 linearly in the number of examples from these per-example costs, with the
-memory it needs. The tables are printed by `benchmarks.accelerator_report`.
+memory it needs.
+
+Matmul precision (the ResNet-32 case, on an accelerator): the same snapshot
+(--precision_examples of its Hessian set) with the products and the
+recurrence at JAX's default matmul precision (one bfloat16 pass on TPU, TF32
+on NVIDIA GPUs) and at full float32 (``matmul_precision='highest'``, the
+library's default): the H v time of each, the relative difference of the
+products, and of one order --precision_order SLQ draw from the same start
+vector the largest relative difference of the top-10 Ritz values and the L1
+distance of the two densities (a common grid, a kernel 1/100 of the
+spectrum's width). On a CPU both settings are the same computation, so the
+row says "not measured". `--precision_only` runs it alone (a stage of
+accelerator_run.sh); --tiny prints it too. The tables are printed by
+`benchmarks.accelerator_report`.
 """
 
 import argparse
@@ -355,6 +368,65 @@ def measure(case: Case, args, clock: Clock | None = None) -> dict:
   return out
 
 
+TOP_K = 10  # Ritz values compared by the precision row
+
+
+def _density_l1(a, b):
+  """L1 distance of the smoothed densities of two `SpectrumResult`s on a
+  common grid, a kernel 1/100 of the spectrum's width."""
+  lo = min(a.lambda_min, b.lambda_min)
+  hi = max(a.lambda_max, b.lambda_max)
+  sigma = max(hi - lo, 1e-12) / 100
+  grid = np.linspace(lo - 6 * sigma, hi + 6 * sigma, 4000)
+  da = sd.eigv_to_density(a.nodes, a.weights, grid, sigma=sigma)
+  db = sd.eigv_to_density(b.nodes, b.weights, grid, sigma=sigma)
+  return float(np.sum(np.abs(np.asarray(da) - np.asarray(db))) *
+               (grid[1] - grid[0]))
+
+
+def precision_row(case: Case, args) -> dict:
+  """Default against full float32 matmul precision on one snapshot (see the
+  module doc); 'not measured' on a CPU, where they are the same."""
+  row = {'case': case, 'examples': args.precision_examples,
+         'order': args.precision_order, 'measured': False,
+         'reason': None}
+  if jax.default_backend() == 'cpu':
+    row['reason'] = ('not measured: a CPU computes float32 matmuls in full '
+                     'precision either way (run on a GPU or TPU)')
+    return row
+  rng = np.random.default_rng(0)
+  params, _, hessian_loss, info = _model(case)
+  n = min(args.precision_examples, case.num_examples)
+  train = {'image': rng.integers(0, 256, (n, *case.image_shape), np.uint8),
+           'label': rng.integers(0, case.num_classes, n, dtype=np.int32)}
+  data = input_pipeline.hessian_dataset(train, info, normalized=False)
+  results, products = {}, {}
+  for setting in ('default', 'highest'):
+    op, _, dim = sd.get_hvp_fn(hessian_loss, params, data,
+                               batch_size=case.hessian_batch,
+                               devices=jax.local_devices()[:1],
+                               matmul_precision=setting)
+    v = jax.random.normal(jax.random.key(1), (dim,), jnp.float32)
+    row[f'hv_{setting}_s'] = _seconds(lambda op=op, v=v: op(v), args.repeats)
+    products[setting] = np.asarray(op(v), np.float64)
+    results[setting] = sd.slq(op, dim, order=args.precision_order,
+                              rng_key=jax.random.key(0),
+                              matmul_precision=setting)
+  full, fast = results['highest'], results['default']
+  k = min(TOP_K, int(full.num_steps.min()), int(fast.num_steps.min()))
+  top_full, top_fast = full.top_eigenvalues(k), fast.top_eigenvalues(k)
+  row.update(
+      measured=True, params=int(dim), top_k=k,
+      hv_rel_diff=float(np.linalg.norm(products['default'] -
+                                       products['highest']) /
+                        np.linalg.norm(products['highest'])),
+      top_rel_diff=float(np.max(np.abs(top_fast - top_full) /
+                                np.abs(top_full))),
+      density_l1=_density_l1(fast, full),
+      lambda_max=float(top_full[0]))
+  return row
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--tiny', action='store_true',
@@ -382,6 +454,13 @@ def parse_args(argv=None):
   parser.add_argument('--flops_only', action='store_true',
                       help='print only the FLOP counts (shapes, no data; '
                       'about a minute on any machine)')
+  parser.add_argument('--precision_examples', type=int, default=2048,
+                      help='Hessian examples of the matmul-precision row')
+  parser.add_argument('--precision_order', type=int, default=30,
+                      help='Lanczos order of the matmul-precision row')
+  parser.add_argument('--precision_only', action='store_true',
+                      help='only the matmul-precision row (ResNet-32 case; '
+                      'accelerator_run.sh runs it as a stage of its own)')
   parser.add_argument('--host_normalized', action='store_true',
                       help='a float32 Hessian set normalised on the host '
                       '(the default: uint8, normalised on the device)')
@@ -416,6 +495,11 @@ def main(argv=None):
     rows = [flop_row(case, args) for case in selected]
     accelerator_report.print_flops(rows)
     return rows
+  if args.precision_only:
+    rows = [precision_row(case, args) for case in selected
+            if case.normalization == 'cifar10']
+    accelerator_report.print_precision(rows)
+    return rows
   run = Clock(args.deadline_s)
   rows = []
   for i, case in enumerate(selected):
@@ -426,6 +510,9 @@ def main(argv=None):
     print(f"{case.title}: measured in {rows[-1]['seconds']:.0f} s",
           file=sys.stderr, flush=True)
   accelerator_report.print_tables(rows)
+  if args.tiny:  # the row's code path (on a CPU it says "not measured")
+    rows[0]['precision'] = precision_row(selected[0], args)
+    accelerator_report.print_precision([rows[0]['precision']])
   if run.left() < 0:
     print(f'The run took {-run.left():.0f} s more than --deadline_s '
           f'{args.deadline_s:.0f} s: the compulsory measurements alone did '

@@ -99,3 +99,22 @@ def print_flops(rows, file=sys.stdout):
         _f(None if per_draw is None else per_draw / f['gradient'], '.3f'),
         _f(None if per_draw is None else per_draw / f['train_step'], '.3f'))),
           file=file)
+
+
+def print_precision(rows, file=sys.stdout):
+  """The matmul-precision rows (`accelerator.precision_row`)."""
+  print('\nMatmul precision: JAX\'s default (bfloat16 pass on TPU, TF32 on '
+        "NVIDIA GPUs) against full float32 (matmul_precision='highest', the "
+        'library default), same snapshot and start vector:', file=file)
+  print(' | '.join(('model', 'Hessian examples', 'order', 'Hv default s',
+                    'Hv highest s', 'Hv rel diff', 'top-10 Ritz max rel diff',
+                    'density L1')), file=file)
+  for r in rows:
+    head = (r['case'].title, f"{r['examples']:,}", str(r['order']))
+    if not r['measured']:
+      print(' | '.join(head + (r['reason'],)), file=file)
+      continue
+    print(' | '.join(head + (
+        f"{r['hv_default_s']:.3f}", f"{r['hv_highest_s']:.3f}",
+        f"{r['hv_rel_diff']:.1e}", f"{r['top_rel_diff']:.1e}",
+        f"{r['density_l1']:.3f}")), file=file)

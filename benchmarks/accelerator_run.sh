@@ -23,6 +23,11 @@ fi
 if [ "${TINY_S:-75}" != 0 ]; then
   timeout "${TINY_S:-75}" python3 -m benchmarks.accelerator --tiny 2>&1 | tee "$OUT/tiny.txt" || exit 2
 fi
+# The matmul-precision row: ResNet-32 at JAX's default and at full float32.
+if [ "${PRECISION_S:-240}" != 0 ]; then
+  timeout "${PRECISION_S:-240}" python3 -m benchmarks.accelerator --only cifar \
+    --precision_only 2>&1 | tee "$OUT/precision.txt"
+fi
 for case in ${CASES:-cifar imagenet}; do
   # The in-process deadline leaves the timeout 40 s for start-up and margin.
   timeout "${CASE_S:-270}" python3 -m benchmarks.accelerator --only "$case" \

@@ -121,9 +121,16 @@ def get_config():
   config.hessian.order = 90
   # Independent start vectors, densities averaged (authors: one per job).
   config.hessian.num_draws = 1
-  # None / 'float32' (the model's dtype), 'mixed' (float32 products, float64
-  # Lanczos; the authors' TF version) or 'float64'.
+  # The recurrence's dtype (docs/guide/precision.md): 'mixed' (the default,
+  # the authors' TF version: float32 products summed over batches in float64,
+  # the Lanczos recurrence in float64), 'float64' (products too), 'float32'
+  # or None (the model's dtype throughout).
   config.hessian.precision = config_dict.placeholder(str)
+  config.hessian.precision = 'mixed'
+  # How float32 matmuls and convolutions are computed: 'highest' (full
+  # float32; JAX's default on TPU / NVIDIA GPUs is a reduced precision),
+  # 'default' (JAX's), or a jax.lax.DotAlgorithmPreset name.
+  config.hessian.matmul_precision = 'highest'
   # False: the Hessian set is copied to the devices once; True: streamed from
   # the host at every product (sets that do not fit; each host its share).
   config.hessian.stream = False

@@ -11,10 +11,12 @@ from configs import default
 from experiments import models
 from experiments import population
 from spectral_density import lanczos
+from spectral_density import precision as precision_lib
 
 # The gradient concentration needs the Ritz vectors, so a stored basis.
 BASES = tuple(b for b in lanczos.BASES if b != 'none')
 PRECISIONS = (None, *lanczos.PRECISIONS)
+MATMUL_PRECISIONS = precision_lib.MATMUL_PRECISIONS
 
 
 def _check_keys(config, reference, path=''):
@@ -155,4 +157,8 @@ def validate(config, num_devices=None):
   if hessian.precision not in PRECISIONS:
     raise ValueError(f'config.hessian.precision: must be one of {PRECISIONS}, '
                      f'got {hessian.precision!r}.')
+  matmul = hessian.get('matmul_precision', 'highest')
+  if matmul not in MATMUL_PRECISIONS:
+    raise ValueError('config.hessian.matmul_precision: must be one of '
+                     f'{MATMUL_PRECISIONS}, got {matmul!r}.')
   return config

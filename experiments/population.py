@@ -203,7 +203,8 @@ class PopulationStats:
     return pooled
 
   def __call__(self, variables: Mapping[str, Any],
-               batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]):
+               batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+               dtype=None):
     """The new 'population_stats' collection.
 
     Args:
@@ -211,11 +212,24 @@ class PopulationStats:
       batches: returns a fresh iterable of this process's share of the set,
         as {'image' [B, H, W, C], 'mask' [B] (0 for padding)}, B divisible by
         the number of devices (the same B every time keeps one compilation).
+      dtype: the precision of the run: the parameters, the images and the
+        statistics in this dtype (float64 needs x64: a ``'float64'`` Hessian
+        run keeps its statistics in float64, not rounded to float32's 1e-7);
+        None keeps the dtypes of `variables`.
 
     Returns:
-      The statistics, same tree and dtypes as variables['population_stats'].
+      The statistics, same tree as variables['population_stats'], in `dtype`
+      (None: in its dtypes).
     """
     old = variables[POPULATION_STATS]
+    if dtype is not None:
+      cast = lambda x: (jnp.asarray(x, dtype) if jnp.issubdtype(
+          jnp.result_type(x), jnp.floating) else x)
+      variables = jax.tree.map(cast, dict(variables))
+      old = variables[POPULATION_STATS]
+      source = batches
+      batches = lambda: ({**b, 'image': np.asarray(b['image'], dtype)}
+                         for b in source())
     num_layers = len(jax.tree.leaves(old)) // 2
     stats = old
     for _ in range(num_layers if self.mode == 'exact' else 1):

@@ -91,6 +91,8 @@ class SpectrumProbe:
     self._previous = None
     self._operator_report = None
     self._x64 = hessian_config.precision in ('float64', 'mixed')
+    # (configs older than the option: full float32, the library's default)
+    self._matmul_precision = hessian_config.get('matmul_precision', 'highest')
 
   def _dataset(self):
     """The Hessian set: resident arrays, or a stream for sets too large."""
@@ -125,7 +127,8 @@ class SpectrumProbe:
           self._info.mean, self._info.std)
       self._operator, _, _ = sd.get_hvp_fn(
           loss, self._cast(params), self._dataset(),
-          batch_size=None if self.config.stream else self.config.batch_size)
+          batch_size=None if self.config.stream else self.config.batch_size,
+          matmul_precision=self._matmul_precision)
     else:
       self._operator = self._operator.with_params(self._cast(params))
     return self._operator
@@ -155,6 +158,7 @@ class SpectrumProbe:
       result = sd.slq(op, op.num_params, order=self.config.order,
                       num_draws=self.config.num_draws, rng_key=rng_key,
                       precision=self.config.precision, keep_vecs=True,
+                      matmul_precision=self._matmul_precision,
                       basis=self.config.basis,
                       checkpoint_dir=checkpoint_dir if every else None,
                       checkpoint_every=every,

@@ -328,7 +328,15 @@ def train_and_evaluate(config, workdir):
       bar.set_description(f"snapshot {step}: Lanczos step {info['step']}/"
                           f"{info['order']}, ETA {info['eta_seconds']:.0f} s")
 
-    result, metrics, eigenvalues = probe(host.params, host.model_state, key,
+    model_state = host.model_state
+    if norm == 'population' and config.hessian.precision == 'float64':
+      # The run's precision: a float64 Hessian gets float64 statistics (the
+      # training state keeps its float32 ones).
+      with jax.enable_x64(True):
+        model_state = {**model_state, models.POPULATION_STATS: population_stats(
+            {'params': host.params, **model_state}, population_set,
+            dtype=jnp.float64)}
+    result, metrics, eigenvalues = probe(host.params, model_state, key,
                                          exact=exact,
                                          checkpoint_dir=lanczos_dir,
                                          progress=progress)

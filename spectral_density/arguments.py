@@ -177,3 +177,57 @@ def check_batch_size(batch_size):
     raise TypeError(f'batch_size: must be a positive int, got {batch_size!r}.')
   if batch_size < 1:
     raise ValueError(f'batch_size: must be a positive int, got {batch_size}.')
+
+
+def _leaf_dtype(leaf):
+  """The dtype of an array-like leaf, or None for anything else."""
+  if isinstance(leaf, (jax.Array, np.ndarray, np.generic,
+                       jax.ShapeDtypeStruct)):
+    return np.dtype(leaf.dtype)
+  if isinstance(leaf, (bool, int, float, complex)):
+    return np.asarray(leaf).dtype
+  return None
+
+
+def check_params(params, name='params'):
+  """Every leaf of `params` must be a floating array: each entry is a
+  direction of the Hessian, so an integer leaf (a step counter), a function
+  (an Equinox module's activation) or any other object is refused, with its
+  path. Batch-norm statistics are floating but are not parameters: pass them
+  through the loss (a closure, or the batch), not in `params`."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  for path, leaf in leaves:
+    where = jax.tree_util.keystr(path) or '(the root)'
+    dtype = _leaf_dtype(leaf)
+    if dtype is None:
+      hint = (' An Equinox module mixes arrays and functions: pass params, '
+              'static = eqx.partition(model, eqx.is_inexact_array) and a loss '
+              'that calls eqx.combine(params, static).'
+              if callable(leaf) else '')
+      raise TypeError(
+          f'{name}: leaf {where} is a {type(leaf).__name__}, not an array: '
+          f'every leaf of {name} is a Hessian direction.{hint}')
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f'{name}: leaf {where} has dtype {dtype.name}: only floating leaves '
+          'are Hessian directions. Pass integer state (a step counter) and '
+          'statistics that are not trained (batch-norm running averages) '
+          f'through the loss (a closure, or the batch), not in {name}.')
+
+
+def check_rng_key(rng_key, name='rng_key'):
+  """A PRNG key: a typed key (`jax.random.key`) or a raw ``uint32[2]`` one
+  (`jax.random.PRNGKey`); an int seed is refused (naming `name`)."""
+  dtype = getattr(rng_key, 'dtype', None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return rng_key
+  if (dtype is not None and np.dtype(dtype) == np.uint32 and
+      tuple(np.shape(rng_key))[-1:] == (2,)):
+    return rng_key
+  raise TypeError(
+      f'{name}: must be a PRNG key, e.g. jax.random.key({rng_key!r}) for a '
+      f'seed, got {type(rng_key).__name__} {rng_key!r}.'
+      if isinstance(rng_key, (int, np.integer)) else
+      f'{name}: must be a PRNG key (jax.random.key(seed)), got '
+      f'{type(rng_key).__name__}'
+      f'{"" if dtype is None else " of dtype " + str(dtype)}.')

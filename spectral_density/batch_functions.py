@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 from spectral_density import function_keys
 from spectral_density import hessian
+from spectral_density import precision
 
 
 def _flat_fn(fn, kind):
@@ -38,20 +39,26 @@ def _flat_fn(fn, kind):
 # Compiled programs are cached per batch function: a bounded number of losses
 # (see `function_keys`), each with its three kinds and two dtypes.
 @functools.lru_cache(maxsize=function_keys.MAX_BATCH_FNS)
-def batch_function(curvature, loss, kind, compute_dtype=None):
+def batch_function(curvature, loss, kind, compute_dtype=None,
+                   matmul_precision=precision.DEFAULT_MATMUL_PRECISION):
   """``f(params, batch, v)`` for `kind` in product/gradient/loss, cached.
 
   `compute_dtype` (a dtype name, or None for the model's own): floating
   params and batch entries are cast to it inside, so that ``precision=
   'float64'`` computes the products in float64 without a second copy of the
-  data on the devices.
+  data on the devices. `matmul_precision`: the loss, its gradient and its
+  products are traced under it (see `precision`).
   """
   product, mean_loss = hessian.curvature_fns(curvature, loss)
   fn = _flat_fn(product if kind == 'product' else mean_loss, kind)
-  if compute_dtype is None:
-    return fn
-  return lambda params, batch, v: fn(cast_floating(params, compute_dtype),
-                                     cast_floating(batch, compute_dtype), v)
+  if compute_dtype is not None:
+    inner = fn
+    fn = lambda params, batch, v: inner(cast_floating(params, compute_dtype),
+                                        cast_floating(batch, compute_dtype), v)
+  # The computation's dtype is the parameters' (after the cast).
+  return precision.traced_under(
+      lambda params, batch, v: fn(params, batch, v), matmul_precision,
+      compute_dtype)
 
 
 def cast_floating(params, dtype):

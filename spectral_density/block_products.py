@@ -25,6 +25,7 @@ import numpy as np
 from spectral_density import batch_functions
 from spectral_density import function_keys
 from spectral_density import hessian
+from spectral_density import precision
 
 
 def _restricted_product(curvature, loss, leaves, treedef, leaf_ids):
@@ -44,7 +45,8 @@ def _restricted_product(curvature, loss, leaves, treedef, leaf_ids):
 
 
 @functools.lru_cache(maxsize=function_keys.MAX_BATCH_FNS)
-def batch_function(curvature, loss, row_blocks, compute_dtype=None):
+def batch_function(curvature, loss, row_blocks, compute_dtype=None,
+                   matmul_precision=precision.DEFAULT_MATMUL_PRECISION):
   """``f(params, batch, v [k, n]) -> [k, n]``, cached (one compiled program
   per loss and pattern); see the module doc.
 
@@ -53,9 +55,10 @@ def batch_function(curvature, loss, row_blocks, compute_dtype=None):
     loss: as `hessian.curvature_fns`.
     row_blocks: tuple over the pattern's rows of a tuple of leaf indices, or
       None (the full product).
-    compute_dtype: as `batch_functions.batch_function`.
+    compute_dtype, matmul_precision: as `batch_functions.batch_function`.
   """
-  full = batch_functions.batch_function(curvature, loss, 'product')
+  full = batch_functions.batch_function(curvature, loss, 'product',
+                                        matmul_precision=matmul_precision)
 
   def product(params, batch, v):
     params = batch_functions.cast_floating(params, compute_dtype)
@@ -86,4 +89,4 @@ def batch_function(curvature, loss, row_blocks, compute_dtype=None):
           for i in range(len(leaves))], axis=1))
     return jnp.stack(outs, axis=1).reshape(k, n)
 
-  return product
+  return precision.traced_under(product, matmul_precision, compute_dtype)

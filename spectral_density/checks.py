@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spectral_density import arguments
+
 
 class OperatorReport(NamedTuple):
   """Result of `check_operator`.
@@ -20,7 +22,9 @@ class OperatorReport(NamedTuple):
     asymmetry: max over probe pairs of ``|u.Hw - w.Hu| / (|u| |Hw|)``.
     repeat_difference: max relative difference ``|H v - H' v| / |H v|`` of
       two calls on the same probes (0 for a deterministic operator).
-    dtype: dtype of the products (a string).
+    dtype: the dtype the products are computed in (a string): an operator's
+      `dtype` (a float32 model's, even when it returns its sums in float64),
+      else the dtype a plain function returns.
     finite: whether every product was finite.
     tolerance: the bound `ok` applies (100 x eps of `dtype` by default).
 
@@ -73,7 +77,8 @@ def check_operator(matvec, dim=None, *, num_probes=3, rng_key=None,
       twice).
     rng_key: PRNG key; default ``jax.random.key(0)``.
     tolerance: bound on both relative measures for `OperatorReport.ok`;
-      default 100 x eps of the product dtype (products sum many batches).
+      default 100 x eps of the dtype the products are computed in (products
+      sum many batches), not of the wider dtype they may be returned in.
 
   Returns:
     `OperatorReport`.
@@ -101,7 +106,8 @@ def check_operator(matvec, dim=None, *, num_probes=3, rng_key=None,
     raise ValueError(f'dim: must be >= 1, got {dim}.')
   if num_probes < 1:
     raise ValueError(f'num_probes: must be >= 1, got {num_probes}.')
-  rng_key = jax.random.key(0) if rng_key is None else rng_key
+  rng_key = (jax.random.key(0) if rng_key is None
+             else arguments.check_rng_key(rng_key))
   dtype = getattr(matvec, 'dtype', None) or jnp.result_type(float)
   probes = jax.random.normal(rng_key, (2 * num_probes, dim), dtype)
   if getattr(matvec, 'accepts_batches', False):
@@ -109,7 +115,10 @@ def check_operator(matvec, dim=None, *, num_probes=3, rng_key=None,
   else:
     apply = jax.vmap(matvec)
   first = apply(probes)
-  out_dtype = jnp.dtype(first.dtype)
+  # Accuracy is that of the dtype the products are computed in: a dataset
+  # operator of a float32 model returns float64 sums under x64, accurate to
+  # float32's eps only.
+  out_dtype = jnp.dtype(getattr(matvec, 'dtype', None) or first.dtype)
   first = np.asarray(first, np.float64)
   second = np.asarray(apply(probes), np.float64)
   v = np.asarray(probes, np.float64)

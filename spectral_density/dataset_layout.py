@@ -16,14 +16,24 @@ import numpy as np
 
 def num_examples(dataset):
   """The common leading size of the arrays of a resident dataset."""
-  leaves = jax.tree.leaves(dataset)
+  leaves = jax.tree_util.tree_leaves_with_path(dataset)
   if not leaves:
     raise ValueError('dataset: empty (no arrays).')
-  sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-  if len(sizes) != 1 or None in sizes:
+  for path, x in leaves:
+    if not np.ndim(x):
+      raise ValueError(
+          f'dataset: leaf {jax.tree_util.keystr(path) or "(the root)"} is a '
+          'scalar; every array of a dataset needs the leading example axis. '
+          'Pass constants through the loss (a closure), not the dataset.')
+  sizes = {np.shape(x)[0] for _, x in leaves}
+  if len(sizes) != 1:
+    by_size = {}
+    for path, x in leaves:
+      by_size.setdefault(np.shape(x)[0], jax.tree_util.keystr(path))
     raise ValueError(
         'dataset: every array needs the same leading example axis, got '
-        f'leading sizes {sorted(map(str, sizes))}.')
+        + ', '.join(f'{n} ({where})' for n, where in sorted(by_size.items()))
+        + '.')
   num_examples = sizes.pop()
   if num_examples == 0:
     raise ValueError('dataset: has 0 examples.')
@@ -89,8 +99,15 @@ def work_items(batches, num_dev):
   """The streamed batches as work for `num_dev` devices: ``('group', [D, ...]
   batches, [D] weights)`` for runs of D batches of the common size,
   ``('single', batch, weight)`` otherwise; weights count examples."""
-  pending, size = [], None
-  for batch in batches:
+  pending, size, structure = [], None, None
+  for index, batch in enumerate(batches):
+    if structure is None:
+      structure = jax.tree.structure(batch)
+    elif jax.tree.structure(batch) != structure:
+      raise ValueError(
+          f'dataset: batch {index} has the structure '
+          f'{jax.tree.structure(batch)}, batch 0 {structure}: every batch '
+          'needs the same keys (the loss reads the same entries).')
     leaves = jax.tree.leaves(batch)
     n = int(np.shape(leaves[0])[0]) if leaves else 0
     if n == 0:
@@ -131,3 +148,36 @@ def check_form(dataset):
     raise TypeError(
         'dataset: a tuple of batches; pass a list of batches (streamed), or '
         'one pytree of arrays with a leading example axis and batch_size.')
+
+
+def is_random_access(dataset):
+  """A random-access source (``len`` and ``[i]``: a grain ``MapDataset``, a
+  TFDS data source), not an array nor a container of arrays."""
+  return (not isinstance(dataset, (list, tuple, dict, str, bytes,
+                                   collections.abc.Mapping)) and
+          not hasattr(dataset, 'shape') and
+          jax.tree_util.treedef_is_leaf(jax.tree.structure(dataset)) and
+          hasattr(dataset, '__len__') and hasattr(dataset, '__getitem__'))
+
+
+def as_streamable(dataset, batch_size):
+  """``(dataset, batch_size)`` with a random-access source made a stream: a
+  callable returning a fresh iterator over its records in order, each a
+  batch (`batch_size` None) or an example (grouped into batches of
+  `batch_size`, the last one shorter); other datasets unchanged."""
+  if not is_random_access(dataset):
+    return dataset, batch_size
+  source, size = dataset, batch_size
+  if len(source) == 0:
+    raise ValueError('dataset: the random-access source has no records.')
+
+  def batches():
+    if size is None:
+      for i in range(len(source)):
+        yield source[i]
+      return
+    for start in range(0, len(source), size):
+      records = [source[i] for i in range(start, min(start + size,
+                                                        len(source)))]
+      yield jax.tree.map(lambda *xs: np.stack(xs), *records)
+  return batches, None

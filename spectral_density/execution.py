@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec
 
 from spectral_density import operators
 from spectral_density import parallel
+from spectral_density import precision
 from spectral_density import recurrence
 from spectral_density import state_layout
 
@@ -57,7 +58,9 @@ def _no_matvec(v):
 def _host_step_fns(config):
   """Compiled pieces of one step, for runs whose products happen outside."""
   return (jax.jit(recurrence.record_all),
-          jax.jit(functools.partial(recurrence.update_all, config)))
+          jax.jit(precision.traced_under(
+              functools.partial(recurrence.update_all, config),
+              config.matmul_precision, config.dtype)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -69,6 +72,9 @@ def _split_host_step_fns(config, devices):
   def gather(v):  # [1, k, dim_local] -> [k, dim] on every device
     return parallel.gather(v[0], config.dim)
 
+  @functools.partial(precision.traced_under,
+                     matmul_precision=config.matmul_precision,
+                     dtype=config.dtype)
   def update(states, i, w):  # w: [k, dim] on every device
     w = parallel.local_slice(w, config.num_shards)
     return recurrence.update_all(config, states, i, w, sharded=True)
@@ -166,7 +172,9 @@ class HostLoop(OnDevices):
     super().__init__(config, _no_matvec)
     # Dataset operators take [k, dim] themselves (sharing the forward pass).
     self.matvec = (matvec if isinstance(matvec, operators.Operator)
-                   else jax.jit(jax.vmap(matvec)))
+                   else jax.jit(precision.traced_under(
+                       jax.vmap(matvec), config.matmul_precision,
+                       config.matvec_dtype)))
     self.state_device = state_device
 
   def init(self, keys, masks):

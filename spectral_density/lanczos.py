@@ -17,6 +17,7 @@ import numpy as np
 from spectral_density import arguments
 from spectral_density import execution
 from spectral_density import operators
+from spectral_density import precision as precision_lib
 from spectral_density import recurrence
 from spectral_density.recurrence import BASES
 # PRECISIONS, STARTS, BASES: their public home (configs import them here).
@@ -116,11 +117,29 @@ def _traced_result(outs, keep_vecs):
                        jnp.concatenate([o[2] for o in outs]), gram)
 
 
+def _function_dtype(matvec, dim, precision):
+  """The dtype a plain function's products are computed in: with
+  ``precision='mixed'``, what it returns for a float32 vector (traced, no
+  product: a float32 function stays float32, and its breakdown tolerance is
+  float32's); otherwise JAX's default float, as before."""
+  default = jnp.dtype(jnp.result_type(float))
+  if precision != 'mixed' or not callable(matvec):
+    return default
+  try:
+    out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((dim,), jnp.float32))
+  except Exception:  # pylint: disable=broad-except
+    return default  # check_matvec reports it, with the dtype it hands over
+  dtype = getattr(out, 'dtype', None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    return default
+  return jnp.dtype(dtype)
+
+
 def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
                   draws_per_pass=None, precision=None, start='gaussian',
                   basis='device', reorth_passes=2, keep_vecs=False, tol=None,
                   checkpoint_dir=None, checkpoint_every=None, progress=False,
-                  projection_masks=None):
+                  projection_masks=None, matmul_precision=None):
   """Independent Lanczos runs from `num_draws` random start vectors.
 
   Args:
@@ -134,10 +153,13 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     num_draws: number of start vectors.
     draws_per_pass: draws run together as one batch (bounds memory: the basis
       is ``draws_per_pass x order x dim``); default all.
-    precision: ``'float32'``, ``'float64'``, ``'mixed'`` or None (see module).
+    precision: the recurrence's dtype: ``'float32'``, ``'float64'``,
+      ``'mixed'`` or None (the operator's dtype; see `recurrence`).
       With ``'float64'`` an operator from `get_hvp_fn` computes its products
       in float64 (floating params and data cast inside each product);
-      ``'mixed'`` keeps the model's dtype for the products.
+      ``'mixed'`` keeps the products in the operator's dtype (a plain
+      function's: the dtype it returns for a float32 vector) and runs the
+      recurrence in float64. bfloat16 and float16 operators run in float32.
     start: ``'gaussian'`` (normalised, the paper's) or ``'rademacher'``.
     basis: where the Lanczos basis lives, for full reorthogonalisation:
       ``'device'`` (with the products: one compiled program), ``'sharded'``
@@ -168,6 +190,12 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
       renormalised, and every product is multiplied by the mask before the
       recurrence, so the draw runs Lanczos on the diagonal block ``P_d A
       P_d`` (the submatrix of the mask's ones). Any `basis`.
+    matmul_precision: how float32 matmuls of the recurrence (and of a plain
+      `matvec`) are computed: ``'highest'`` (the default: full float32),
+      ``'default'`` (JAX's reduced-precision default on TPU and NVIDIA
+      GPUs), or a `jax.lax.DotAlgorithmPreset` name; float64 stays float64.
+      An operator from `get_hvp_fn` computes its products with its own
+      `matmul_precision`. See `precision`.
 
   Returns:
     `LanczosResult`: numpy arrays; traced arrays when called inside `jit` or
@@ -200,6 +228,8 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     ValueError: order: must satisfy 1 <= order <= dim = 10, got 11.
   """
   dim, order, num_draws = arguments.check_sizes(matvec, dim, order, num_draws)
+  arguments.check_rng_key(rng_key)
+  matmul_precision = precision_lib.check_matmul_precision(matmul_precision)
   is_operator = isinstance(matvec, operators.Operator)
   draws_per_pass = arguments.optional_int('draws_per_pass', draws_per_pass)
   reorth_passes = arguments.positive_int('reorth_passes', reorth_passes,
@@ -213,7 +243,8 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   if keep_vecs and basis == 'none':
     raise ValueError("keep_vecs=True needs a basis: basis='device' or "
                      "'host', not 'none'.")
-  op_dtype = matvec.dtype if is_operator else jnp.result_type(float)
+  op_dtype = (matvec.dtype if is_operator
+              else _function_dtype(matvec, dim, precision))
   dtype, mv_dtype = recurrence.dtypes(precision, jnp.dtype(op_dtype))
   if precision == 'float64' and is_operator:
     matvec = matvec.astype(jnp.float64)  # float64 products, not just vectors
@@ -234,7 +265,7 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
   config = recurrence.Config(
       dim, order, jnp.dtype(dtype).name, jnp.dtype(mv_dtype).name, start,
       basis != 'none', reorth_passes, bool(keep_vecs), tol, num_shards,
-      masks is not None)
+      masks is not None, matmul_precision)
   runner = execution.executor(config, matvec, basis)
   one_program = runner.one_program and not (checkpoint_dir or
                                             checkpoint_every or progress)
@@ -280,9 +311,10 @@ def lanczos_alg(matvec, dim, order, rng_key, **kwargs):
     dim: operator size.
     order: number of steps.
     rng_key: PRNG key for the start vector.
-    **kwargs: `precision`, `start`, `basis`, `keep_vecs` (default True here,
-      as the original returned the basis, unless ``basis='none'``), `tol`,
-      checkpointing and progress; see `lanczos_draws`.
+    **kwargs: `precision`, `matmul_precision`, `start`, `basis`,
+      `keep_vecs` (default True here, as the original returned the basis,
+      unless ``basis='none'``), `tol`, checkpointing and progress; see
+      `lanczos_draws`.
 
   Returns:
     ``(tridiag [order, order], vecs [order, dim] or None)``.

@@ -30,6 +30,7 @@ the same loss and shapes) reuses every compiled program.
 
 import copy
 import typing
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,12 @@ from spectral_density import block_products
 from spectral_density import dataset_layout
 from spectral_density import hessian
 from spectral_density import parallel
+from spectral_density import precision
+
+
+def _leaf_is_not_array(v):
+  return not isinstance(v, (jax.Array, np.ndarray, np.generic, list, float,
+                            int))
 
 
 def _default_accum_dtype(param_dtype):
@@ -76,7 +83,11 @@ class Operator(typing.Protocol):
 
   Attributes:
     num_params: its size (`lanczos_draws` checks `dim` against it).
-    dtype: the dtype of the vectors it takes and of its products.
+    dtype: the dtype its products are computed in (the vectors it takes are
+      cast to it): what their accuracy is judged by (`check_operator`, the
+      breakdown tolerance). The products it returns may be wider: a dataset
+      operator returns them in its `accum_dtype` (float64 under x64 for a
+      float32 model), summed over batches in that dtype.
     curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'`` (recorded in
       checkpoints, so that a resume computes the same thing).
     devices: the devices it runs on (a split basis is split over them).
@@ -127,18 +138,25 @@ class _Operator:
 
   accepts_batches = True  # __call__ takes [k, num_params] too
 
-  def __init__(self, params, curvature, loss, accum_dtype):
+  def __init__(self, params, curvature, loss, accum_dtype, param_dtype,
+               matmul_precision):
     flat, self.unravel = ravel_pytree(params)
     self.params = params
     self.curvature = curvature
     self.loss_fn = loss
     self.num_params = flat.size
-    self.dtype = flat.dtype  # of the vectors it takes and of its products
+    self.dtype = flat.dtype  # its products are computed in it (see Operator)
     self.compute_dtype = None  # None: the model's own dtype
-    self.accum_dtype = accum_dtype
+    self.accum_dtype = jnp.dtype(accum_dtype)  # of the sums and the results
+    self.param_dtype = param_dtype  # floating params are cast to it (or None)
+    self.matmul_precision = matmul_precision
 
   def with_params(self, params):
-    """The same operator at new parameters; reuses data and compiled code."""
+    """The same operator at new parameters; reuses data and compiled code,
+    and keeps every option (`dtype`, `accum_dtype`, `astype`, the matmul
+    precision, the row blocks): new params are cast as the first were."""
+    arguments.check_params(params)
+    params = batch_functions.cast_floating(params, self.param_dtype)
     flat, unravel = ravel_pytree(params)
     if flat.size != self.num_params:
       raise ValueError(
@@ -169,16 +187,25 @@ class _Operator:
 
   def _batch_fn(self, kind):
     if kind == 'product' and self.row_blocks is not None:
-      return block_products.batch_function(self.curvature, self.loss_fn,
-                                           self.row_blocks, self.compute_dtype)
-    return batch_functions.batch_function(self.curvature, self.loss_fn, kind,
-                          self.compute_dtype)
+      return block_products.batch_function(
+          self.curvature, self.loss_fn, self.row_blocks, self.compute_dtype,
+          self.matmul_precision)
+    return batch_functions.batch_function(
+        self.curvature, self.loss_fn, kind, self.compute_dtype,
+        self.matmul_precision)
 
   @property
   def shape(self):
     return (self.num_params, self.num_params)
 
   def _check_v(self, v):
+    if (not jax.tree_util.treedef_is_leaf(jax.tree.structure(v)) or
+        _leaf_is_not_array(v)):
+      raise TypeError(
+          f'v: must be a flat vector [num_params] = [{self.num_params}], got '
+          f'a {type(v).__name__}: a params pytree is flattened by '
+          'jax.flatten_util.ravel_pytree(v)[0] (and get_hvp_fn returns '
+          '`unravel` for the way back).')
     v = jnp.asarray(v)
     if v.ndim not in (1, 2) or v.shape[-1] != self.num_params:
       raise ValueError(
@@ -223,8 +250,11 @@ class ResidentOperator(_Operator):
   traceable = True
 
   def __init__(self, loss, params, dataset, *, batch_size, curvature, devices,
-               accum_dtype, _placed=None):
-    super().__init__(params, curvature, loss, accum_dtype)
+               accum_dtype, param_dtype=None,
+               matmul_precision=precision.DEFAULT_MATMUL_PRECISION,
+               _placed=None):
+    super().__init__(params, curvature, loss, accum_dtype, param_dtype,
+                     matmul_precision)
     self.devices = tuple(devices)
     if _placed is None:
       local = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -287,8 +317,11 @@ class StreamingOperator(_Operator):
 
   traceable = False
 
-  def __init__(self, loss, params, batches, *, curvature, devices, accum_dtype):
-    super().__init__(params, curvature, loss, accum_dtype)
+  def __init__(self, loss, params, batches, *, curvature, devices, accum_dtype,
+               param_dtype=None,
+               matmul_precision=precision.DEFAULT_MATMUL_PRECISION):
+    super().__init__(params, curvature, loss, accum_dtype, param_dtype,
+                     matmul_precision)
     self.devices = tuple(devices)
     self.batches = batches
     self.num_examples = None
@@ -345,7 +378,8 @@ class StreamingOperator(_Operator):
 
 
 def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
-               devices=None, dtype=None, accum_dtype=None):
+               devices=None, dtype=None, accum_dtype=None,
+               matmul_precision=None):
   """The curvature-vector product over a whole dataset, data parallel.
 
   Same name and return values as the original `get_hvp_fn(loss, params,
@@ -356,20 +390,37 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     loss: ``loss(params, batch) -> scalar`` mean loss (``'hessian'``), the
       pair ``(model_fn, output_loss)`` (``'ggn'``), or per-example losses
       ``loss(params, batch) -> [B]`` (``'fisher'``); see `hessian`.
-    params: pytree of arrays.
+    params: pytree of floating arrays, every entry a Hessian direction.
+      Integer leaves (a step counter), functions (an Equinox module: pass
+      ``eqx.partition(model, eqx.is_inexact_array)[0]``) and other objects
+      are refused with their path; batch-norm statistics are not parameters:
+      pass them through the loss (a closure, or the batch).
     dataset: either a pytree of arrays with a common leading example axis
       (kept on the devices), or a `list` of batches / a callable returning a
-      fresh iterable of batches (streamed from the host; with several
-      processes, each passes its own share of the batches).
-    batch_size: examples per batch for an array dataset (required there).
+      fresh iterable of batches / a random-access source (``len`` and
+      ``[i]``, e.g. a grain ``MapDataset``: of batches, or of examples grouped
+      by `batch_size`), streamed from the host; with several processes, each
+      passes its own share of the batches.
+    batch_size: examples per batch for an array dataset (required there), or
+      for a random-access source of single examples.
     curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
     devices: devices to use; default all devices (of every process, for an
       array dataset: on a pod each process passes the same arrays, or memory
       maps of them, and reads only its devices' batches), or this process's
       own for a streamed dataset.
-    dtype: cast floating params to this dtype first (e.g. float64 products).
-    accum_dtype: dtype of the sum over batches and of the result; default
-      float64 when x64 is enabled, else the params' dtype.
+    dtype: the products' dtype: floating params are cast to it, here and by
+      `with_params`. Default: the params' own, but float32 for bfloat16 and
+      float16 params (with a warning; see `precision.product_dtype`). A
+      64-bit dtype needs x64 (else a ValueError: JAX would compute in 32
+      bits).
+    accum_dtype: dtype of the sum over batches and of the returned products;
+      default float64 when x64 is enabled, else `dtype`.
+    matmul_precision: how float32 matmuls and convolutions of the loss, its
+      gradient and products are computed: ``'highest'`` (the default, full
+      float32), ``'default'`` (JAX's: one bfloat16 pass on TPU, TF32 on
+      NVIDIA GPUs), or another value of `jax.default_matmul_precision` (a
+      `jax.lax.DotAlgorithmPreset` name); float64 stays float64. See
+      `precision`.
 
   Returns:
     ``(hvp_fn, unravel, num_params)``: `hvp_fn` maps ``[num_params]`` (or
@@ -402,12 +453,30 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
         f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
   arguments.check_loss_form(curvature, loss)
   arguments.check_batch_size(batch_size)
+  arguments.check_params(params)
+  matmul_precision = precision.check_matmul_precision(matmul_precision)
+  for name, value in (('dtype', dtype), ('accum_dtype', accum_dtype)):
+    if value is not None and not jnp.issubdtype(value, jnp.floating):
+      raise TypeError(f'{name}: must be a floating dtype, got {value!r}.')
+    precision.check_float64_available(name, value)
+  dataset, batch_size = dataset_layout.as_streamable(dataset, batch_size)
   dataset_layout.check_form(dataset)
+  if dtype is None:
+    own = ravel_pytree(params)[0].dtype
+    if precision.product_dtype(own) != own:
+      dtype = precision.product_dtype(own)
+      warnings.warn(
+          f'params: {own.name} parameters: products and the Lanczos '
+          f'recurrence are computed in {dtype.name} (pass dtype= to choose).',
+          stacklevel=2)
+  dtype = None if dtype is None else jnp.dtype(dtype)
   params = batch_functions.cast_floating(params, dtype)
   flat, unravel = ravel_pytree(params)
   if flat.size == 0:
     raise ValueError('params: has no entries.')
   accum_dtype = accum_dtype or _default_accum_dtype(flat.dtype)
+  options = dict(curvature=curvature, devices=None, accum_dtype=accum_dtype,
+                 param_dtype=dtype, matmul_precision=matmul_precision)
   if callable(dataset) or isinstance(dataset, list):
     if batch_size is not None:
       raise ValueError(
@@ -417,20 +486,19 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     if any(d.process_index != jax.process_index() for d in devices):
       raise ValueError('devices: a streamed dataset runs on this process\'s '
                        'own devices; each process streams its own batches.')
-    op = StreamingOperator(loss, params, dataset, curvature=curvature,
-                           devices=devices, accum_dtype=accum_dtype)
+    options['devices'] = devices
+    op = StreamingOperator(loss, params, dataset, **options)
     first = next(op._iterate(), None)
     if first is not None:
       hessian.check_loss_output(curvature, loss, params, first)
     elif jax.process_count() == 1:  # (a process of many may have no share)
       raise ValueError('dataset: the batch stream yielded no batches.')
   else:
-    devices = tuple(devices or jax.devices())
+    options['devices'] = tuple(devices or jax.devices())
     n = dataset_layout.num_examples(dataset)
     hessian.check_loss_output(
         curvature, loss, params,
         jax.tree.map(lambda x: x[:min(n, batch_size or n)], dataset))
     op = ResidentOperator(loss, params, dataset, batch_size=batch_size,
-                          curvature=curvature, devices=devices,
-                          accum_dtype=accum_dtype)
+                          **options)
   return op, unravel, op.num_params

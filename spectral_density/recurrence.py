@@ -13,6 +13,10 @@ Precision (`precision`):
   float64. Needs ``jax_enable_x64``.
 * None: the operator's dtype.
 
+bfloat16 and float16 operators run in float32 (`precision.product_dtype`).
+The matmuls of the recurrence (inner products, reorthogonalisation) and of a
+plain matvec are traced under `Config.matmul_precision` (see `precision`).
+
 Breakdown: when ``beta_j <= tol * ||T_j||`` the Krylov space is exhausted
 (low-rank matrix, ``order >= dim``, the zero matrix). The run stops recording
 there: later alphas and betas are exact zeros, so the tridiagonal is
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_density import parallel
+from spectral_density import precision as precision_lib
 
 PRECISIONS = ('float32', 'float64', 'mixed')
 STARTS = ('gaussian', 'rademacher')
@@ -56,6 +61,7 @@ class State(NamedTuple):
 
 def dtypes(precision, matvec_dtype):
   """(Lanczos vector dtype, dtype handed to the matvec)."""
+  matvec_dtype = precision_lib.product_dtype(matvec_dtype)
   if precision is None:
     return matvec_dtype, matvec_dtype
   if precision not in PRECISIONS:
@@ -204,6 +210,7 @@ class Config(NamedTuple):
   tol: float
   num_shards: int = 1  # > 1: basis='sharded' over this many devices
   masked: bool = False  # projection_masks given
+  matmul_precision: str = precision_lib.DEFAULT_MATMUL_PRECISION
 
 
 class Programs(NamedTuple):
@@ -225,6 +232,13 @@ def programs(config):
   """
   dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
   sharded = config.num_shards > 1
+  # Every program is traced under the matmul precision: the recurrence's in
+  # its dtype, the products (a plain matvec's; an operator's own setting
+  # applies inside) in theirs.
+  traced = lambda fn: precision_lib.traced_under(
+      fn, config.matmul_precision, dtype)
+  on_products = lambda reduce: precision_lib.traced_under(
+      reduce, config.matmul_precision, mv_dtype)
 
   def init(reduce, keys, masks):
     del reduce
@@ -234,6 +248,7 @@ def programs(config):
                     in_axes=(0, None if masks is None else 0))(keys, masks)
 
   def segment(reduce, states, start, stop):
+    reduce = on_products(reduce)
     # Steps until `stop`, or until a product was not finite (the run will
     # raise: no more passes over the data) or every draw broke down (the
     # rest of the tridiagonal is zeros either way).
@@ -279,4 +294,5 @@ def programs(config):
     states = segment(reduce, init(reduce, keys, masks), 0, config.order)
     return finish(reduce, states)
 
-  return Programs(full, init, segment, finish)
+  return Programs(traced(full), traced(init), traced(segment),
+                  traced(finish))

@@ -27,7 +27,6 @@ Every ``sigma`` (kernel width) is a standard deviation in eigenvalue units.
 
 import dataclasses
 import functools
-import inspect
 import json
 import os
 from typing import Any, Optional
@@ -819,8 +818,9 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
     num_draws: independent start vectors.
     rng_key: PRNG key; default ``jax.random.key(0)``.
     **kwargs: passed to `lanczos.lanczos_draws` (`draws_per_pass`,
-      `precision`, `start`, `basis`, `keep_vecs`, `tol`, `checkpoint_dir`,
-      `checkpoint_every`, `progress`).
+      `precision`, `matmul_precision`, `start`, `basis`, `keep_vecs`, `tol`,
+      `checkpoint_dir`, `checkpoint_every`, `progress`,
+      `projection_masks`).
 
   Returns:
     `SpectrumResult`.
@@ -876,43 +876,73 @@ def block_result(run, mask):
                                      int(keep.sum()))
 
 
-def _option_names(fn, positional):
-  return set(inspect.signature(fn).parameters) - set(positional)
-
-
 def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
-                     rng_key=None, **kwargs):
+                     rng_key=None, batch_size=None, curvature='hessian',
+                     devices=None, dtype=None, accum_dtype=None,
+                     precision=None, matmul_precision=None,
+                     draws_per_pass=None, start='gaussian', basis='device',
+                     reorth_passes=2, keep_vecs=False, tol=None,
+                     checkpoint_dir=None, checkpoint_every=None,
+                     progress=False, projection_masks=None):
   """The spectrum of the full-dataset curvature at `params`, in one call.
 
+  The precision of the run is three knobs, one per concept (the table is in
+  docs/guide/precision.md): `dtype` (the products), `precision` (the Lanczos
+  recurrence) and `matmul_precision` (how float32 matmuls are computed).
+
   Args:
-    loss, params, dataset: as `get_hvp_fn`.
-    order, num_draws, rng_key: as `slq`.
-    **kwargs: every option of `get_hvp_fn` (`batch_size`, `curvature`,
-      `devices`, `dtype`, `accum_dtype`, ...) goes to it, every option of
-      `lanczos_draws` (`precision`, `basis`, `keep_vecs`, ...) to `slq`.
+    loss: ``loss(params, batch)``, as `get_hvp_fn`.
+    params: pytree of floating arrays, every entry a Hessian direction (as
+      `get_hvp_fn`: integer leaves are refused; batch-norm statistics go
+      through the loss).
+    dataset: arrays with a leading example axis, a list of batches, a
+      callable returning fresh batches, or a random-access source; as
+      `get_hvp_fn`.
+    order: Lanczos steps per draw (the paper: 90).
+    num_draws: independent start vectors.
+    rng_key: PRNG key (`jax.random.key(seed)`); default ``key(0)``.
+    batch_size: examples per batch of an array dataset.
+    curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
+    devices: the devices of the products; default all.
+    dtype: the products' dtype (params cast to it); default the params' own,
+      float32 for bfloat16 and float16 params.
+    accum_dtype: the dtype of the sum over batches; default float64 under
+      x64, else `dtype`.
+    precision: the recurrence's dtype: ``'float32'``, ``'float64'`` (the
+      products too), ``'mixed'`` (products in `dtype`, Lanczos in float64)
+      or None (the products' dtype).
+    matmul_precision: ``'highest'`` (default: full float32 products, loss,
+      gradient and recurrence), ``'default'`` (JAX's reduced-precision
+      default on TPU and NVIDIA GPUs) or a `jax.lax.DotAlgorithmPreset` name;
+      float64 stays float64. Applies to the operator and the recurrence.
+    draws_per_pass: draws computed together (memory); default all.
+    start: ``'gaussian'`` or ``'rademacher'`` start vectors.
+    basis: ``'device'``, ``'sharded'``, ``'host'`` or ``'none'``.
+    reorth_passes: Gram-Schmidt passes per step.
+    keep_vecs: keep the Lanczos bases in the result.
+    tol: relative breakdown tolerance; default ``10 x eps`` of the products'
+      dtype.
+    checkpoint_dir: orbax checkpoints of the Lanczos state (resumable).
+    checkpoint_every: steps between checkpoints and progress reports.
+    progress: True prints a status line; a callable gets a dict.
+    projection_masks: ``[num_draws, num_params]`` 0/1: Lanczos on diagonal
+      blocks (see `lanczos_draws`).
 
   Returns:
     `SpectrumResult`.
-
-  Raises:
-    TypeError: an option that neither `get_hvp_fn` nor `lanczos_draws` takes.
   """
-  operator_names = _option_names(operators.get_hvp_fn,
-                                 ('loss', 'params', 'dataset'))
-  lanczos_names = _option_names(lanczos.lanczos_draws,
-                                ('matvec', 'dim', 'order', 'rng_key',
-                                 'num_draws'))
-  for name in kwargs:
-    if name not in operator_names | lanczos_names:
-      raise TypeError(f'{name}: not an option of get_hvp_fn '
-                      f'({", ".join(sorted(operator_names))}) nor of '
-                      f'lanczos_draws ({", ".join(sorted(lanczos_names))}).')
-  operator_kwargs = {k: v for k, v in kwargs.items() if k in operator_names}
-  lanczos_kwargs = {k: v for k, v in kwargs.items() if k not in operator_names}
-  hvp_fn, _, num_params = operators.get_hvp_fn(loss, params, dataset,
-                                               **operator_kwargs)
+  hvp_fn, _, num_params = operators.get_hvp_fn(
+      loss, params, dataset, batch_size=batch_size, curvature=curvature,
+      devices=devices, dtype=dtype, accum_dtype=accum_dtype,
+      matmul_precision=matmul_precision)
   result = slq(hvp_fn, num_params, order=order, num_draws=num_draws,
-               rng_key=rng_key, **lanczos_kwargs)
+               rng_key=rng_key, precision=precision,
+               matmul_precision=matmul_precision,
+               draws_per_pass=draws_per_pass, start=start, basis=basis,
+               reorth_passes=reorth_passes, keep_vecs=keep_vecs, tol=tol,
+               checkpoint_dir=checkpoint_dir,
+               checkpoint_every=checkpoint_every, progress=progress,
+               projection_masks=projection_masks)
   # Kept so that Ritz vectors and gradients can be parameter pytrees.
   result.params_like = jax.tree.map(
       lambda p: jax.ShapeDtypeStruct(

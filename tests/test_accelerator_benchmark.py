@@ -51,6 +51,11 @@ def test_accelerator_benchmark_tiny_runs_and_its_numbers_hold_together():
   assert 1 < flops['hv'] / flops['gradient'] < 3
   assert flops['hv_per_draw'] < flops['hv']
   assert 'XLA FLOP count per example' in out.getvalue()
+  # The matmul-precision row: on a CPU both settings are one computation.
+  out = io.StringIO()
+  accelerator_report.print_precision([row['precision']], out)
+  assert not row['precision']['measured']
+  assert 'not measured' in out.getvalue()
 
 
 def test_flop_counts_of_a_linear_model_are_the_closed_form():

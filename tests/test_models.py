@@ -391,3 +391,20 @@ def test_bfloat16_model_keeps_float32_parameters():
                              jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   assert {p.dtype for p in jax.tree.leaves(variables['params'])} == {
       jnp.dtype('float32')}
+
+
+def test_population_stats_in_float64_are_the_float64_moments():
+  # A 'float64' run keeps its statistics in float64 (they were rounded to
+  # float32, 1e-7 relative): the whole-set moments of a float64 forward pass.
+  model = TINY['preact'](norm='population')
+  with jax.enable_x64(True):
+    variables = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float64),
+        models.init_variables(model, jax.random.key(0), (1, 8, 8, 3)))
+    x = np.asarray(1.5 + images((8, 8, 8, 3)), np.float32)
+    stats = population.PopulationStats(model, 'exact', jax.local_devices()[:1])(
+        variables, population.array_batches(x, 4), dtype=jnp.float64)
+    reference = whole_set_moments(variables, jnp.asarray(x, jnp.float64))
+  for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(reference)):
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

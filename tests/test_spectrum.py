@@ -113,7 +113,7 @@ def test_hessian_spectrum_passes_operator_options_through():
                                accum_dtype=jnp.float64, precision='float64')
     exact = sd.exact_eigenvalues(tp.dense_hessian(
         tp.mlp_loss, jax.tree.map(lambda p: p.astype(jnp.float64), f32), data))
-    with pytest.raises(TypeError, match='^not_an_option'):
+    with pytest.raises(TypeError, match='not_an_option'):
       sd.hessian_spectrum(tp.mlp_loss, params, data, batch_size=50,
                           not_an_option=1)
   np.testing.assert_allclose(cast.top_eigenvalues(3), exact[::-1][:3],
