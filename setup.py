@@ -39,6 +39,10 @@ setuptools.setup(
             'pytest>=8', 'pytest-xdist>=3.5', 'hypothesis>=6.100',
             'nbclient>=0.10',
             'nbformat>=5.10', 'ipykernel>=6.29', 'jupytext>=1.16',
+            # tests/test_precision.py: an Equinox module passed as params
+            # gets an error naming the leaf, and the partition it suggests
+            # works.
+            'equinox>=0.11',
         ],
         'notebook': EXPERIMENTS + ['ipykernel>=6.29', 'jupytext>=1.16'],
     },
