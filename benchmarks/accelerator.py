@@ -387,7 +387,8 @@ def _density_l1(a, b):
 def precision_row(case: Case, args) -> dict:
   """Default against full float32 matmul precision on one snapshot (see the
   module doc); 'not measured' on a CPU, where they are the same."""
-  row = {'case': case, 'examples': args.precision_examples,
+  row = {'case': case,
+         'examples': min(args.precision_examples, case.num_examples),
          'order': args.precision_order, 'measured': False,
          'reason': None}
   if jax.default_backend() == 'cpu':
