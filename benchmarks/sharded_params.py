@@ -235,22 +235,19 @@ def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=64,
       'activations shrink per parameter as width grows, so this '
       'overstates bytes per parameter):')
   bpp = per_param[(width, 'fsdp8')] * 8  # bytes per parameter, all devices
-  bpp90 = bpp * 90 / order if order != 90 else bpp
   say(f'- measured: Lanczos program, FSDP 8, order {order}: '
       f'{per_param[(width, "fsdp8")]:.1f} bytes per parameter per device, '
       f'{bpp:.0f} over the 8 devices')
-  # Basis rows dominate: rescale the order part (4 bytes per row, float32).
-  fixed = bpp - 4 * order
-  at90 = fixed + 4 * 90
+  # The basis rows scale with the order (4 bytes each, float32); the rest
+  # (parameters, vectors, temporaries) does not.
+  at90 = bpp + 4 * (90 - order)
   say(f'- derived: at order 90, {at90:.0f} bytes per parameter over 8 '
-      f'devices (the {fixed:.0f} not in the basis kept, 4 per basis row); '
-      f'largest model whose order-90 spectrum fits 8 x 80 GB: '
-      f'{8 * 80e9 / at90 / 1e9:.2f} B parameters (activations of the '
-      'products not counted beyond this tiny batch)')
+      f'devices; the largest model whose order-90 spectrum fits 8 x 80 GB: '
+      f'{8 * 80e9 / at90 / 1e9:.2f} B parameters (the activations of one '
+      'batch measured at this tiny batch only)')
   say(f'- measured (XLA cost analysis, width {width}): H v = '
       f'{flops_token / 1e6:.3f} MFLOP per token = '
       f'{flops_per_param_token:.2f} FLOP per parameter per token')
-  del bpp90
   say('')
   say('Cost of one order-90 draw, 1B-parameter LM, float32 basis, '
       '1M-token Hessian set (derived):')

@@ -31,6 +31,10 @@ from spectral_density.lanczos import lanczos_alg
 from spectral_density.lanczos import lanczos_draws
 from spectral_density.lanczos import LanczosResult
 from spectral_density.operators import get_hvp_fn
+from spectral_density.mesh_layout import fsdp_shardings
+from spectral_density.sharded import sharded_hvp_fn
+from spectral_density.sharded import sharded_lanczos
+from spectral_density.sharded import ShardedLanczosResult
 from spectral_density.plotting import plot_js_heatmap
 from spectral_density.preconditioning import adam_preconditioner
 from spectral_density.preconditioning import preconditioned
@@ -50,5 +54,7 @@ __all__ = [
     'fisher_vp', 'full_hessian', 'get_hvp_fn', 'ggn_vp', 'hessian_spectrum',
     'hvp', 'lanczos_alg', 'lanczos_draws', 'LanczosResult', 'slq',
     'SpectrumResult', 'tridiag_to_density', 'tridiag_to_eigv',
+    'fsdp_shardings', 'sharded_hvp_fn', 'sharded_lanczos',
+    'ShardedLanczosResult',
     'equinox_loss', 'linen_loss', 'nnx_loss',
 ]

@@ -29,7 +29,7 @@ replicated path. No device ever holds all parameters, a whole tangent, a whole
 product or a whole Lanczos vector (unless the layout replicates a leaf).
 """
 
-import functools
+import collections
 from typing import NamedTuple
 
 import jax
@@ -129,7 +129,9 @@ class ShardedOperator:
         # loop-invariant, and every device holds all of them (measured).
         params, acc = jax.lax.optimization_barrier(carry)
         batch = jax.tree.map(lambda x: x[i], data)
-        hv = jax.vmap(lambda v: per_batch(params, batch, v))(vs)
+        # Tangents in the parameters' own dtypes (as `jvp` needs).
+        vs_like = jax.tree.map(lambda v, p: v.astype(p.dtype), vs, params)
+        hv = jax.vmap(lambda v: per_batch(params, batch, v))(vs_like)
         return params, jax.tree.map(lambda a, h: a + h.astype(a.dtype), acc,
                                     hv)
       count = jax.tree.leaves(data)[0].shape[0]
@@ -147,9 +149,21 @@ class ShardedOperator:
         axis_names=set(self.data_axes), check_vma=False)
     return self.constrain(run(params, data, vs), 1)
 
-  @functools.cached_property
+  @property
+  def static_key(self):
+    """What the compiled programs depend on besides the parameters' and
+    data's values: operators with equal keys share them."""
+    return (self.loss, self.curvature, self.data_axes,
+            self.basis_rows_over_data, self.num_batches,
+            jax.tree.structure(self.params),
+            tuple((x.shape, x.dtype.name, s) for x, s in zip(
+                jax.tree.leaves(self.params),
+                jax.tree.leaves(self.shardings))),
+            tuple((x.shape, x.dtype.name) for x in jax.tree.leaves(self.data)))
+
+  @property
   def _jitted(self):
-    return jax.jit(self.product, out_shardings=self.layout(1))
+    return _jitted_product(self.static_key, self)
 
   def __call__(self, v):
     """``A v`` for one vector `v` (a pytree like the parameters)."""
@@ -165,6 +179,29 @@ class ShardedOperator:
                                           sharding=s),
         self.params, self.layout(1))
     return self._jitted.lower(self.params, self.data, vs)
+
+
+_CACHE = collections.OrderedDict()  # (kind, static key, ...) -> program
+_CACHE_SIZE = 32
+
+
+def _cached(key, build):
+  """One compiled program per key (kept for the last `_CACHE_SIZE` keys),
+  so that a new operator of the same model, layout and data shapes (new
+  parameter values: a later training step) reuses it."""
+  if key not in _CACHE:
+    _CACHE[key] = build()
+    while len(_CACHE) > _CACHE_SIZE:
+      _CACHE.popitem(last=False)
+  _CACHE.move_to_end(key)
+  return _CACHE[key]
+
+
+def _jitted_product(key, op):
+  # `op`: the first operator of this key; only its static attributes enter
+  # the program (the parameters and data are arguments).
+  return _cached(('product', key), lambda: jax.jit(
+      op.product, out_shardings=op.layout(1)))
 
 
 def _batched(dataset, batch_size, data_size, example_size):
@@ -293,6 +330,8 @@ class _Run:
   """The compiled programs of one operator and config, their layouts."""
 
   def __init__(self, op, config):
+    # `op`: the first operator of its static key; the programs take the
+    # parameters and data as arguments, so they serve every such operator.
     self.op, self.config = op, config
     self.programs = tree_recurrence.programs(config)
     mesh = op.mesh
@@ -329,6 +368,9 @@ class _Run:
     self.finish = jax.jit(lambda s: self.programs.finish(None, None, s),
                           out_shardings=replicated)
     self.replicated = replicated
+    # A fixed vector (checkpoint identity), drawn where each leaf lives.
+    self.probe = jax.jit(lambda k: tree_recurrence.start_vector(
+        k, like, op.dtype, 'gaussian'), out_shardings=op.shardings)
 
   def keys(self, rng_key, num_draws):
     """The draws' keys as raw key data ``[num_draws, ...]`` on every device
@@ -359,11 +401,16 @@ class _Run:
             'bad_step')})
 
 
+def _run(op, config):
+  """The `_Run` of an operator's static key and a config (cached)."""
+  return _cached(('run', op.static_key, config), lambda: _Run(op, config))
+
+
 def lanczos_program(op, order, *, num_draws=1, precision=None,
                     start='gaussian', reorth_passes=2, tol=None):
   """The whole sharded Lanczos run as one lowered program (for XLA's memory
   and cost analyses), without running it."""
-  run = _Run(op, _config(op, order, precision, start, reorth_passes, tol))
+  run = _run(op, _config(op, order, precision, start, reorth_passes, tol))
   return run.full.lower(op.params, op.data,
                         run.keys(jax.random.key(0), num_draws))
 
@@ -407,7 +454,7 @@ def sharded_lanczos(op, order, rng_key, *, num_draws=1, precision=None,
   if precision == 'float64':
     op = op.astype(jnp.float64)
   config = _config(op, order, precision, start, reorth_passes, tol)
-  run = _Run(op, config)
+  run = _run(op, config)
   keys = run.keys(rng_key, num_draws)
   if checkpoint_dir is None:
     if checkpoint_every is not None:
@@ -417,7 +464,7 @@ def sharded_lanczos(op, order, rng_key, *, num_draws=1, precision=None,
   else:
     every = arguments.optional_int('checkpoint_every', checkpoint_every)
     tridiag, num_steps, bad_step, resumed = _checkpointed(
-        run, keys, checkpoint_dir, every or config.order)
+        op, run, keys, checkpoint_dir, every or config.order)
   bad_step = np.asarray(bad_step)
   if np.any(bad_step >= 0):
     draw = int(np.argmax(bad_step >= 0))
@@ -428,16 +475,14 @@ def sharded_lanczos(op, order, rng_key, *, num_draws=1, precision=None,
                               resumed)
 
 
-def _checkpointed(run, keys, directory, every):
+def _checkpointed(op, run, keys, directory, every):
   # Imported here: orbax is an optional dependency.
   from spectral_density import tree_checkpoint  # pylint: disable=g-import-not-at-top
-  op, config = run.op, run.config
-  # A fixed probe vector, drawn where each leaf lives.
-  probe = jax.jit(lambda k: tree_recurrence.start_vector(
-      k, op.params, op.dtype, 'gaussian'), out_shardings=op.shardings)(
-          jax.random.key(20190709))
+  config = run.config
+  probe = run.probe(jax.random.key(tree_checkpoint.PROBE_KEY))
   saves = tree_checkpoint.TreeCheckpoints(
-      directory, config._asdict(), np.asarray(keys), tree_checkpoint.identity(op, probe))
+      directory, config._asdict(), np.asarray(keys),
+      tree_checkpoint.identity(op, probe))
   step, states = saves.restore(run.abstract_states(keys.shape[0]))
   resumed = step
   if states is None:

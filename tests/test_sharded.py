@@ -61,8 +61,7 @@ def _operator(layout, loss, params, data, **kwargs):
 
 @pytest.fixture(scope='module')
 def mlp():
-  with jax.enable_x64(True):
-    yield sharded_worker.problem()
+  return sharded_worker.problem()  # numpy float64
 
 
 def test_the_tree_recurrence_on_a_flat_vector_is_the_flat_recurrence():
@@ -130,7 +129,7 @@ def test_sharded_lanczos_is_the_replicated_run_float64(mlp):
   # tridiagonals agree to 1e-10 relative; at order = n the Ritz values are
   # the dense Hessian's eigenvalues (jax.hessian, eigh).
   loss, params, data = mlp
-  n = ravel_pytree(params)[0].size
+  n = sum(x.size for x in jax.tree.leaves(params))
   with jax.enable_x64(True):
     runs = {layout: sharded.sharded_lanczos(
         _operator(layout, loss, params, data), n, jax.random.key(7))
@@ -155,25 +154,6 @@ def test_sharded_lanczos_float32_top_ritz_values_match(mlp):
   np.testing.assert_allclose(top[1], top[0], rtol=1e-5)
 
 
-def test_sharded_checkpoint_resumes_after_a_kill(mlp, tmp_path):
-  with jax.enable_x64(True):
-    loss, params, data = mlp
-    op = _operator('fsdp4xdata2', loss, params, data)
-    whole = sharded.sharded_lanczos(op, sharded_worker.ORDER,
-                                    jax.random.key(3), num_draws=2)
-    result, first, _ = sharded_worker.interrupted_then_resumed(tmp_path)
-  assert (first, result.resumed_from) == (4, 4)
-  np.testing.assert_allclose(result.tridiag, whole.tridiag, rtol=0,
-                             atol=1e-12)
-  with pytest.raises(ValueError, match='checkpoint_dir'):  # another operator
-    with jax.enable_x64(True):
-      other = _operator('fsdp4xdata2', loss, jax.tree.map(
-          lambda x: 2 * x, params), data)
-      sharded.sharded_lanczos(other, sharded_worker.ORDER, jax.random.key(3),
-                              num_draws=2, checkpoint_dir=tmp_path,
-                              checkpoint_every=sharded_worker.EVERY)
-
-
 def test_bad_arguments_are_named():
   loss, params, data = sharded_worker.problem()
   with pytest.raises(ValueError, match='params'):
@@ -194,28 +174,41 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_one_process_run(mlp, tmp_path):
+def test_two_processes_give_the_one_process_run_and_resume(mlp, tmp_path):
   # 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo
-  # collectives), the parameters split across both; the run is killed after
-  # its first checkpoint and resumed. The same run on one process's 8 devices.
+  # collectives), the parameters split across both; their run is killed
+  # after its first checkpoint (step 4 of 12) and resumed. It equals the
+  # uninterrupted run on this process's 8 devices, which then reads the
+  # two processes' sharded checkpoint back (the finished run: nothing left
+  # to step) and refuses it for other parameters.
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), str(port), '2', str(i), str(tmp_path),
        '4'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
   loss, params, data = mlp
   with jax.enable_x64(True):
-    one = sharded.sharded_lanczos(_operator('fsdp4xdata2', loss, params, data),
-                                  sharded_worker.ORDER, jax.random.key(3),
+    op = _operator('fsdp4xdata2', loss, params, data)
+    one = sharded.sharded_lanczos(op, sharded_worker.ORDER, jax.random.key(3),
                                   num_draws=2)
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
   np.testing.assert_allclose(np.load(tmp_path / 'tridiag.npy'), one.tridiag,
                              rtol=0, atol=1e-12)
   np.testing.assert_array_equal(np.load(tmp_path / 'resumed_from.npy'),
                                 [4, 4])
+  run = lambda op: sharded.sharded_lanczos(
+      op, sharded_worker.ORDER, jax.random.key(3), num_draws=2,
+      checkpoint_dir=tmp_path / 'ckpt', checkpoint_every=sharded_worker.EVERY)
+  with jax.enable_x64(True):
+    again = run(op)
+    assert again.resumed_from == sharded_worker.ORDER
+    np.testing.assert_allclose(again.tridiag, one.tridiag, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match='checkpoint_dir'):
+      run(_operator('fsdp4xdata2', loss, jax.tree.map(lambda x: 2 * x, params),
+                    data))
 
 
 def test_per_device_memory_is_a_sixth_of_the_replicated():
