@@ -33,7 +33,6 @@ import os
 import pathlib
 import platform
 import subprocess
-import sys
 import time
 
 from absl import app
@@ -440,7 +439,7 @@ def write_report(config, out, kept, seconds, command):
            f'draws per block, {config.hessian.num_examples} examples; '
            f'{config.train.num_steps} training steps of batch '
            f'{config.train.batch_size}',
-           f'* tuned rates (first seed, lowest final loss): ' + '; '.join(
+           '* tuned rates (first seed, lowest final loss): ' + '; '.join(
                f'{m} {o} {v["rate"]:g}' for m, r in out['tuned_rates'].items()
                for o, v in r.items()), '',
            *summary_lines(out), '',
