@@ -14,19 +14,20 @@ estimator here agrees on a value 3% away from it.)
 The PyTorch peer hessian-eigenthings 1.0.0a5 measured 0.32% mean error with
 Hutch++ at 100 products and 0.024% at 900 on this setup (FACTS.md).
 
-Measured on the shared 2-core machine under heavy load (times inflated),
-`--slq_seeds=2 --seeds=2`, exact trace 29.68855747:
+Measured (docs/reports/trace_2026-12-07.md), `--slq_seeds=2 --seeds=3
+--products=100`, exact trace 28.82450912:
 
 | estimator | products | mean rel. error | mean stderr / trace |
 |---|---|---|---|
-| SLQ 90 x 10, plain n alpha_0 | 900 | 15.7% | 13.7% |
-| SLQ 90 x 10, deflated (SpectrumResult.trace) | 900 | 0.115% | 0.206% |
-| trace_estimate hutch++ | 100 | 0.133% | 0.554% |
-| trace_estimate krylov | 100 | 0.361% | 0.374% |
-| trace_estimate hutch++ | 900 | 0.037% | 0.038% |
-| trace_estimate krylov | 900 | 0.018% | 0.028% |
+| SLQ 90 x 10, plain n alpha_0 (the former default trace) | 900 | 12.1% | 14.5% |
+| SLQ 90 x 10, deflated (SpectrumResult.trace, no kept bases) | 900 | 0.168% | 0.207% |
+| trace_estimate hutch++, rademacher | 100 | 0.613% | 0.546% |
+| trace_estimate hutch++, gaussian | 100 | 0.325% | 0.541% |
+| trace_estimate krylov, rademacher (the default) | 100 | 0.343% | 0.339% |
+| trace_estimate krylov, gaussian | 100 | 0.122% | 0.283% |
 
-Every error was within 2 standard errors (only 2 seeds each).
+Every error was within 2 standard errors (only 2-3 seeds each: compare the
+standard errors, not the mean errors).
 """
 
 import argparse

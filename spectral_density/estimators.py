@@ -227,10 +227,10 @@ def trace_estimate(matvec, dim, num_products, *, method='krylov', seed=0,
       randomised range sketch deflates instead).
     seed: numpy seed of the random vectors.
     chunk: vectors per product call (bounds memory).
-    distribution: ``'rademacher'`` (default; lower variance when the
-      diagonal carries much of the matrix, as for Hessians) or
-      ``'gaussian'`` probe vectors of the Hutchinson part (and of the
-      Hutch++ sketch).
+    distribution: ``'rademacher'`` (default: a sample's variance is never
+      larger than with Gaussian probes, and smaller by what the diagonal
+      carries) or ``'gaussian'`` probe vectors of the Hutchinson part (and
+      of the Hutch++ sketch).
     **lanczos_kwargs: for 'krylov', passed to `lanczos_draws` (`precision`).
 
   Returns:
