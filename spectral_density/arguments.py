@@ -189,12 +189,24 @@ def _leaf_dtype(leaf):
   return None
 
 
+# Flax collections of model state, not parameters (batch-norm statistics...).
+_FLAX_STATE = ('batch_stats', 'population_stats', 'cache', 'intermediates')
+
+
 def check_params(params, name='params'):
   """Every leaf of `params` must be a floating array: each entry is a
   direction of the Hessian, so an integer leaf (a step counter), a function
   (an Equinox module's activation) or any other object is refused, with its
   path. Batch-norm statistics are floating but are not parameters: pass them
   through the loss (a closure, or the batch), not in `params`."""
+  if (hasattr(params, 'keys') and 'params' in params and
+      any(k in params for k in _FLAX_STATE)):
+    state = sorted(k for k in params if k in _FLAX_STATE)
+    raise TypeError(
+        f'{name}: holds the Flax collections {["params"] + state}: only '
+        f"variables['params'] are Hessian directions; close over "
+        f'{", ".join(state)} in the loss (model.apply({{"params": p, '
+        f'**state}}, ...)) and pass variables["params"].')
   leaves = jax.tree_util.tree_leaves_with_path(params)
   for path, leaf in leaves:
     where = jax.tree_util.keystr(path) or '(the root)'

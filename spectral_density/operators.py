@@ -394,7 +394,8 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
       Integer leaves (a step counter), functions (an Equinox module: pass
       ``eqx.partition(model, eqx.is_inexact_array)[0]``) and other objects
       are refused with their path; batch-norm statistics are not parameters:
-      pass them through the loss (a closure, or the batch).
+      pass them through the loss (a closure, or the batch); Flax variables
+      with a 'batch_stats' (or other state) collection are refused.
     dataset: either a pytree of arrays with a common leading example axis
       (kept on the devices), or a `list` of batches / a callable returning a
       fresh iterable of batches / a random-access source (``len`` and

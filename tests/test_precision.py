@@ -203,6 +203,11 @@ def test_an_integer_leaf_is_refused_with_its_path():
                      'int32.*through the loss'):
     sd.get_hvp_fn(tp.mlp_loss, {**params, 'step': jnp.int32(3)}, data,
                   batch_size=16, devices=ONE)
+  # Batch-norm statistics passed with the parameters (Flax variables).
+  with pytest.raises(TypeError, match=r"^params: holds the Flax collections "
+                     r"\['params', 'batch_stats'\].*close over batch_stats"):
+    sd.get_hvp_fn(tp.mlp_loss, {'params': params, 'batch_stats': {
+        'mean': jnp.zeros(3)}}, data, batch_size=16)
   op, _, _ = sd.get_hvp_fn(tp.mlp_loss, params, data, batch_size=16,
                            devices=ONE)
   with pytest.raises(TypeError, match=r"^params: leaf \['step'\]"):
