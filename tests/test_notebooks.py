@@ -30,7 +30,7 @@ jupytext = pytest.importorskip('jupytext')
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE_ENV = 'SPECTRAL_DENSITY_NOTEBOOK_SMOKE'
-# The batchnorm_outliers training cell compiles and trains three ResNet-32s:
+# The batchnorm_outliers training cell compiles and trains three ResNet-8s:
 # its test took 858 s while other jobs loaded the 2 cores (load average 20).
 CELL_TIMEOUT_S = 1800
 FIGURE_TAG = 'readme-figure'
