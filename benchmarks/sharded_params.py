@@ -189,7 +189,7 @@ def _commit():
     return 'unknown'
 
 
-def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=64,
+def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
         batch_size=16, tridiag_order=10):
   lines = []
   say = lambda s='': (print(s, file=out), lines.append(s))

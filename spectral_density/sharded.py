@@ -100,21 +100,21 @@ class ShardedOperator:
                            curvature=self.curvature, data_axes=self.data_axes,
                            basis_rows_over_data=self.basis_rows_over_data)
 
-  def layout(self, lead):
+  def layout(self, lead, basis=False):
     """The layouts of a pytree like the parameters with `lead` leading axes:
-    a vector (0), a batch of vectors (1), a batch of bases ``[k, order,
-    ...]`` (2), whose rows are also dealt over the data axes (the
-    parameters are replicated there: a basis split only like them would
-    cost the data-parallel devices the same memory each)."""
-    rows = self.data_axes if lead == 2 and self.basis_rows_over_data else ()
+    a vector (0), a batch of vectors (1); a basis ``[order, ...]`` (1) or a
+    batch of bases ``[k, order, ...]`` (2) with `basis`, whose rows are also
+    dealt over the data axes (the parameters are replicated there: a basis
+    split only like them would cost every data-parallel device as much)."""
+    rows = self.data_axes if basis and self.basis_rows_over_data else ()
     return jax.tree.map(lambda s: mesh_layout.with_lead(s, lead, rows),
                         self.shardings)
 
-  def constrain(self, tree, lead):
+  def constrain(self, tree, lead, basis=False):
     """Pins a pytree like the parameters (with `lead` leading axes on every
     leaf) to its layout (`layout`)."""
     return jax.tree.map(jax.lax.with_sharding_constraint, tree,
-                        self.layout(lead))
+                        self.layout(lead, basis))
 
   def product(self, params, data, vs):
     """Traceable: ``vs`` leaves ``[k, *leaf.shape]`` -> their products, the
@@ -385,16 +385,16 @@ class _Run:
     """Shapes, dtypes and layouts of the states of `num_draws` draws."""
     keys = jax.ShapeDtypeStruct((num_draws,), jax.random.key(0).dtype)
     shapes = jax.eval_shape(
-        lambda k: self.programs.init(None, lambda t, lead: t, k, self.like),
+        lambda k: self.programs.init(None, lambda t, *_: t, k, self.like),
         keys)
     op = self.op
-    def laid(tree, lead):
+    def laid(tree, lead, basis=False):
       return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(
-          x.shape, x.dtype, sharding=s), tree, op.layout(lead))
+          x.shape, x.dtype, sharding=s), tree, op.layout(lead, basis))
     rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                          sharding=self.replicated)
     return shapes._replace(
-        basis=laid(shapes.basis, 2), v=laid(shapes.v, 1),
+        basis=laid(shapes.basis, 2, True), v=laid(shapes.v, 1),
         v_prev=laid(shapes.v_prev, 1),
         **{f: rep(getattr(shapes, f)) for f in (
             'alphas', 'betas', 'beta_prev', 'norm_est', 'num_steps', 'done',

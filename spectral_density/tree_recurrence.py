@@ -14,9 +14,10 @@ A flat ``[n]`` array is a pytree of one leaf, so the same code runs the flat
 case (tests check it step for step against `recurrence`).
 
 A program here is ``program(reduce, constrain, ...)``: ``reduce`` maps a
-batch of vectors (leaves ``[k, *leaf.shape]``) to their products; ``constrain``
-pins a batch of vectors or of bases to its layout (the identity when nothing is
-sharded). Several draws run as one `vmap`-ed batch, as in `recurrence`.
+batch of vectors (leaves ``[k, *leaf.shape]``) to their products;
+``constrain(tree, lead, basis=False)`` pins a pytree whose leaves have `lead`
+leading axes (a batch of vectors, a basis: `basis` True) to its layout (the
+identity when nothing is sharded). Several draws run as one `vmap`-ed batch, as in `recurrence`.
 """
 
 import functools
@@ -108,8 +109,11 @@ def record(state, step):
   """Stores the current vector in the basis (before its product is used)."""
   if _rows(state) == 0:
     return state
+  # dynamic_update_index_in_dim, not .at[step].set: the scatter's
+  # out-of-bounds handling made XLA copy the basis every step (measured).
   return state._replace(basis=jax.tree.map(
-      lambda b, x: b.at[step].set(x), state.basis, state.v))
+      lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, step, 0),
+      state.basis, state.v))
 
 
 def update(state, step, w, tol, reorth_passes):
@@ -175,10 +179,11 @@ def programs(config):
   """The Lanczos programs of a config (cached: one function object each)."""
   dtype, mv_dtype = jnp.dtype(config.dtype), jnp.dtype(config.matvec_dtype)
 
-  def constrain_state(constrain, states):
-    return states._replace(basis=constrain(states.basis, 2),
-                           v=constrain(states.v, 1),
-                           v_prev=constrain(states.v_prev, 1))
+  def constrain_state(constrain, states, lead=1):
+    # lead: 1 for a batch of states, 0 for one draw's state
+    return states._replace(basis=constrain(states.basis, lead + 1, True),
+                           v=constrain(states.v, lead),
+                           v_prev=constrain(states.v_prev, lead))
 
   def init(reduce, constrain, keys, like, starts=None):
     """`starts`: given unit start vectors (leaves ``[k, ...]``) or None."""
@@ -209,7 +214,7 @@ def programs(config):
         w = reduce(expand(jax.tree.map(lambda x: x.astype(mv_dtype),
                                        state.v)))
         state = update(state, i, squeeze(w), config.tol, config.reorth_passes)
-        return i + 1, squeeze(constrain_state(constrain, expand(state)))
+        return i + 1, state
       _, state = jax.lax.while_loop(go_on, step_one, (first, squeeze(states)))
       return expand(state)
     def step(carry):
@@ -218,7 +223,9 @@ def programs(config):
       w = reduce(jax.tree.map(lambda x: x.astype(mv_dtype), states.v))
       states = jax.vmap(update, in_axes=(0, None, 0, None, None))(
           states, i, w, config.tol, config.reorth_passes)
-      return i + 1, constrain_state(constrain, states)
+      return i + 1, states
+    # The loop's carry keeps the layout it enters with (`init` pins it):
+    # no constraint inside the body, where one cost copies of the basis.
     _, states = jax.lax.while_loop(go_on, step, (first, states))
     return states
 

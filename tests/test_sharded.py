@@ -79,7 +79,7 @@ def test_the_tree_recurrence_on_a_flat_vector_is_the_flat_recurrence():
     config = tree_recurrence.Config(15, 'float64', 'float64', 'gaussian',
                                     True, 2, 10 * np.finfo(np.float64).eps)
     programs = tree_recurrence.programs(config)
-    same = lambda t, lead: t
+    same = lambda t, *_: t
     reduce = lambda vs: vs @ a
     @jax.jit
     def run(start):
