@@ -371,6 +371,9 @@ def figures(kept, seed, date):
   """Heat maps (init, both models; after Adam and preconditioned for the
   transformer) and the transformer's per-block densities; returns paths."""
   FIGURE_DIR.mkdir(parents=True, exist_ok=True)
+  if ('transformer', seed, 'init') not in kept or ('cnn', seed,
+                                                    'init') not in kept:
+    return []
   panels = [(k, t) for k, t in (
       (('transformer', seed, 'init'), 'transformer, init'),
       (('cnn', seed, 'init'), 'ResNet-8, init'),
@@ -413,7 +416,35 @@ def _commit():
     return 'unknown'
 
 
-def write_report(config, out, kept, seconds, command):
+def parse_log(lines):
+  """(out, seeds) of `run` rebuilt from its printed lines (a run stopped
+  before its report: the numbers to 4 significant digits)."""
+  out = {'per_seed': {}, 'tuned_rates': {}, 'num_params': {}, 'blocks': {}}
+  finals = {}
+  for line in lines:
+    words = line.split()
+    if len(words) >= 5 and words[0] in MODELS and words[1] in OPTIMIZERS:
+      rate = float(words[2].split('=')[1].rstrip(':'))
+      finals.setdefault(words[0], {}).setdefault(words[1], {})[rate] = float(
+          words[-1])
+    elif line.startswith('seed '):
+      head, _, body = line.partition(': ')
+      _, seed, name = head.split()
+      rec = {k: float(v) for k, v in (kv.split('=') for kv in
+                                      body.split(', '))}
+      out['per_seed'].setdefault(seed, {})[name] = rec
+  for name, opts in finals.items():
+    out['tuned_rates'][name] = {
+        opt: {'rate': min(g, key=g.get), 'grid': {str(k): v for k, v in
+                                                  g.items()}}
+        for opt, g in opts.items()}
+  # Only the seeds with both models.
+  out['per_seed'] = {s: r for s, r in out['per_seed'].items()
+                     if all(m in r for m in MODELS)}
+  return out
+
+
+def write_report(config, out, kept, seconds, command, note=None):
   date = datetime.datetime.now(datetime.timezone.utc)
   stamp = date.strftime('%Y-%m-%d')
   REPORT_DIR.mkdir(parents=True, exist_ok=True)
@@ -431,10 +462,12 @@ def write_report(config, out, kept, seconds, command):
            f'* commit `{meta["commit"]}`, {meta["date"]}',
            f'* machine: {meta["machine"]}',
            f'* command: `{command}` ({seconds:.0f} s)',
-           f'* parameters: transformer {out["num_params"]["transformer"]:,}, '
-           f'CNN {out["num_params"]["cnn"]:,}; blocks '
-           f'`{config.hessian.blocks}`: {len(out["blocks"]["transformer"])} '
-           f'and {len(out["blocks"]["cnn"])}',
+           *([f'* **{note}**'] if note else []),
+           *([f'* parameters: transformer '
+              f'{out["num_params"]["transformer"]:,}, CNN '
+              f'{out["num_params"]["cnn"]:,}; blocks `{config.hessian.blocks}`'
+              f': {len(out["blocks"]["transformer"])} and '
+              f'{len(out["blocks"]["cnn"])}'] if out['num_params'] else []),
            f'* SLQ order {config.hessian.order}, {config.hessian.num_draws} '
            f'draws per block, {config.hessian.num_examples} examples; '
            f'{config.train.num_steps} training steps of batch '
@@ -453,6 +486,10 @@ def write_report(config, out, kept, seconds, command):
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', 'configs/transformer_lm.py',
                     'A config file (path[:arg]) with get_config(arg).')
+flags.DEFINE_string('from_log', None,
+                    'Write the report from the printed lines of a run that '
+                    'was stopped before its end (the seeds it finished; no '
+                    'figures), instead of running.')
 
 
 def load_config(spec):
@@ -469,6 +506,18 @@ def load_config(spec):
 def main(argv):
   del argv
   config = load_config(FLAGS.config)
+  if FLAGS.from_log:
+    out = parse_log(pathlib.Path(FLAGS.from_log).read_text().splitlines())
+    command = 'python -u -m experiments.block_heterogeneity' + (
+        f' --config={FLAGS.config}'
+        if FLAGS.config != 'configs/transformer_lm.py' else '')
+    note = (f'partial: the run was stopped after seeds '
+            f'{", ".join(out["per_seed"])}; numbers (4 significant digits) '
+            f'from its printed lines by --from_log; no figures')
+    path = write_report(config, out, {}, float('nan'), command, note)
+    print('\n'.join(summary_lines(out)))
+    print(f'report: {path}')
+    return
   start = time.time()
   out, kept = run(config)
   command = 'python -m experiments.block_heterogeneity' + (

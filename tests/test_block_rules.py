@@ -202,6 +202,19 @@ def test_js_distance_closed_forms():
                                   rel=1e-9)
   assert m[0, 1] == pytest.approx(scipy_distance.jensenshannon(p, q))
   assert sd.mean_js_distance(np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]])) == 2
+  # A kernel relative to the common span: scaling the operator changes
+  # nothing (the default absolute kernel is not scale invariant).
+  scaled = {k: sd.SpectrumResult(r.tridiag, 100 * r.nodes, r.weights,
+                                 r.num_steps, r.dim)
+            for k, r in spectra.items()}
+  relative, _ = sd.js_distances(spectra, relative_sigma=0.05)
+  np.testing.assert_allclose(
+      sd.js_distances(scaled, relative_sigma=0.05)[0], relative, rtol=1e-9)
+  close = {'p': as_result([0.0, 0.01], [0.3, 0.7]),
+           'q': as_result([0.005, 0.012], [0.6, 0.4])}
+  far = {k: sd.SpectrumResult(r.tridiag, 100 * r.nodes, r.weights,
+                              r.num_steps, r.dim) for k, r in close.items()}
+  assert sd.js_distances(close)[0][0, 1] < 0.5 < sd.js_distances(far)[0][0, 1]
 
 
 def _mlp_problem():
