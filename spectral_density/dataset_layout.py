@@ -154,7 +154,8 @@ def is_random_access(dataset):
   """A random-access source (``len`` and ``[i]``: a grain ``MapDataset``, a
   TFDS data source), not an array nor a container of arrays."""
   return (not isinstance(dataset, (list, tuple, dict, str, bytes,
-                                   collections.abc.Mapping)) and
+                                   collections.abc.Mapping,
+                                   collections.abc.Iterator)) and
           not hasattr(dataset, 'shape') and
           jax.tree_util.treedef_is_leaf(jax.tree.structure(dataset)) and
           hasattr(dataset, '__len__') and hasattr(dataset, '__getitem__'))

@@ -460,8 +460,8 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     if value is not None and not jnp.issubdtype(value, jnp.floating):
       raise TypeError(f'{name}: must be a floating dtype, got {value!r}.')
     precision.check_float64_available(name, value)
-  dataset, batch_size = dataset_layout.as_streamable(dataset, batch_size)
   dataset_layout.check_form(dataset)
+  dataset, batch_size = dataset_layout.as_streamable(dataset, batch_size)
   if dtype is None:
     own = ravel_pytree(params)[0].dtype
     if precision.product_dtype(own) != own:
