@@ -21,6 +21,7 @@ from spectral_density.lanczos import lanczos_alg
 from spectral_density.lanczos import lanczos_draws
 from spectral_density.lanczos import LanczosResult
 from spectral_density.operators import get_hvp_fn
+from spectral_density.spectrum import block_result
 from spectral_density.spectrum import hessian_spectrum
 from spectral_density.spectrum import slq
 from spectral_density.spectrum import SpectrumResult
@@ -34,4 +35,5 @@ __all__ = [
     'fisher_vp', 'full_hessian', 'get_hvp_fn', 'ggn_vp', 'hessian_spectrum',
     'hvp', 'lanczos_alg', 'lanczos_draws', 'LanczosResult', 'slq',
     'SpectrumResult', 'tridiag_to_density', 'tridiag_to_eigv',
+    'block_result',
 ]
