@@ -38,6 +38,7 @@ from spectral_density.sharded import ShardedLanczosResult
 from spectral_density.plotting import plot_js_heatmap
 from spectral_density.preconditioning import adam_preconditioner
 from spectral_density.preconditioning import preconditioned
+from spectral_density.spectrum import block_result
 from spectral_density.spectrum import hessian_spectrum
 from spectral_density.spectrum import slq
 from spectral_density.spectrum import SpectrumResult
@@ -57,4 +58,5 @@ __all__ = [
     'fsdp_shardings', 'sharded_hvp_fn', 'sharded_lanczos',
     'ShardedLanczosResult',
     'equinox_loss', 'linen_loss', 'nnx_loss',
+    'block_result',
 ]

@@ -173,7 +173,9 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
       Ritz values repeat and the bulk's weights drift; see the
       guide, docs/guide/multi_device.md).
     reorth_passes: Gram-Schmidt passes per step (2: "twice is enough").
-    keep_vecs: return the basis (not with ``basis='none'``).
+    keep_vecs: return the basis (not with ``basis='none'``). Without it, a
+      run of >= 2 draws with a basis still returns the bases' Gram matrix
+      (`LanczosResult.gram`), for the deflated trace and spectral sums.
     tol: relative breakdown tolerance in ``[0, 1)``; default ``10 x eps`` of
       the matvec dtype, since products are only accurate to that level.
     checkpoint_dir: if set, the state (step, alphas, betas, basis, keys) is
