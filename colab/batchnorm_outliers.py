@@ -43,12 +43,12 @@
 # while and takes the Hessian spectrum of the training loss at a few steps.
 # Then it plots what changes.
 #
-# The defaults are sized for a CPU runtime, a few minutes on 2 cores:
-# **ResNet-8** (the same pre-activation family as ResNet-32, one residual
-# unit per stage instead of five: three ResNet-32s take about half an hour
-# there), on the Fashion-MNIST subset shipped with the package (16x16
-# crops), 200 SGD steps, the Hessian over 128 training examples with
-# order-30 SLQ. The outputs stored with this notebook come from that
+# The defaults are sized for a CPU runtime: **ResNet-8** (the same
+# pre-activation family as ResNet-32, one residual unit per stage instead of
+# five, so several times faster), on the Fashion-MNIST subset shipped with
+# the package (16x16 crops), 200 SGD steps, the Hessian over 128 training
+# examples with order-30 SLQ. On a 2-core machine shared with other jobs
+# this took about 13 minutes. The outputs stored with this notebook come from that
 # default run (its wall time and machine are in the notebook's metadata,
 # under `spectral_density`): a sketch at a small scale, not the paper's
 # result. Set `MODEL = 'resnet32'` below for the paper's network on the
@@ -81,7 +81,7 @@ import jax
 
 # CI runs the same cells at small sizes.
 SMOKE = os.environ.get('SPECTRAL_DENSITY_NOTEBOOK_SMOKE') == '1'
-# CPU-runtime defaults (a few minutes); SMOKE shrinks them further.
+# CPU-runtime defaults; SMOKE shrinks them further.
 MODEL = 'resnet8'                   # 'resnet32': the paper's (slower)
 NUM_STEPS = 2 if SMOKE else 200
 BATCH_SIZE = 16 if SMOKE else 64    # also the batch of the Hessian's batch norm
