@@ -39,7 +39,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spectral_density import arguments
-from spectral_density import function_keys
 from spectral_density import hessian
 from spectral_density import mesh_layout
 from spectral_density import recurrence
@@ -291,7 +290,7 @@ def sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature='hessian',
                             jax.tree.map(lambda x: x[0], data))
   data = mesh_layout.place(
       data, mesh_layout.data_sharding(mesh, data_axes, example_axes))
-  return ShardedOperator(function_keys.canonical(loss), params, data,
+  return ShardedOperator(loss, params, data,
                          curvature=curvature, data_axes=data_axes,
                          basis_rows_over_data=arguments.boolean(
                              'basis_rows_over_data', basis_rows_over_data))
