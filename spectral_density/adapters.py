@@ -80,7 +80,27 @@ def nnx_loss(model: Any, loss_fn: Callable[[Any, Any], Any], *,
       off; False keeps the module's setting (see the module docstring).
 
   Returns:
-    (loss, params).
+    ``(loss, params)``: ``loss(params, batch) -> []`` and the `nnx.State`
+    of the module's `nnx.Param` variables.
+
+  Raises:
+    TypeError: `model` not an `nnx.Module`, `loss_fn` not callable.
+    ValueError: `batch_stats` not 'batch' or 'running'.
+    ImportError: Flax not installed.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import spectral_density as sd
+    >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    >>> loss_fn = lambda m, batch: jnp.mean((m(batch[0]) - batch[1]) ** 2)
+    >>> loss, params = sd.nnx_loss(model, loss_fn)
+    >>> [x.shape for x in jax.tree.leaves(params)]        # bias, kernel
+    [(1,), (2, 1)]
+    >>> batch = (jnp.ones((4, 2)), jnp.zeros((4, 1)))
+    >>> bool(loss(params, batch) == loss_fn(model, batch))
+    True
   """
   nnx = _require('flax.nnx')
   _check(loss_fn, batch_stats)
@@ -130,7 +150,27 @@ def equinox_loss(model: Any, loss_fn: Callable[..., Any], *,
       layer's setting.
 
   Returns:
-    (loss, params).
+    ``(loss, params)``: ``loss(params, batch) -> []`` and the module's
+    floating-point arrays (a module of the same structure, None elsewhere).
+
+  Raises:
+    TypeError: `model` not an `eqx.Module`, `loss_fn` not callable.
+    ValueError: `batch_stats` not 'batch' or 'running'.
+    ImportError: Equinox not installed.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import equinox as eqx
+    >>> import spectral_density as sd
+    >>> model = eqx.nn.Linear(2, 1, key=jax.random.key(0))
+    >>> loss_fn = lambda m, b: jnp.mean((jax.vmap(m)(b[0]) - b[1]) ** 2)
+    >>> loss, params = sd.equinox_loss(model, loss_fn)
+    >>> [x.shape for x in jax.tree.leaves(params)]        # weight, bias
+    [(1, 2), (1,)]
+    >>> batch = (jnp.ones((4, 2)), jnp.zeros((4, 1)))
+    >>> bool(loss(params, batch) == loss_fn(model, batch))
+    True
   """
   eqx = _require('equinox')
   _check(loss_fn, batch_stats)
@@ -186,7 +226,28 @@ def linen_loss(module: Any, variables: Mapping[str, Any],
       ``deterministic=True``); module-specific, so the helper cannot choose.
 
   Returns:
-    (loss, params).
+    ``(loss, params)``: ``loss(params, batch) -> []`` and
+    ``variables['params']``.
+
+  Raises:
+    TypeError: `module` not a `flax.linen.Module`, `loss_fn` not callable.
+    ValueError: `variables` without a 'params' collection.
+    ImportError: Flax not installed.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import spectral_density as sd
+    >>> module = nn.Dense(1)
+    >>> variables = module.init(jax.random.key(0), jnp.ones((1, 2)))
+    >>> loss_fn = lambda model, b: jnp.mean((model(b[0]) - b[1]) ** 2)
+    >>> loss, params = sd.linen_loss(module, variables, loss_fn)
+    >>> jax.tree.map(jnp.shape, params)
+    {'bias': (1,), 'kernel': (2, 1)}
+    >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    >>> bool(loss(params, (x, y)) == jnp.mean(module.apply(variables, x) ** 2))
+    True
   """
   nn = _require('flax.linen')
   if not isinstance(module, nn.Module):

@@ -55,6 +55,26 @@ def parameter_paths(params):
   dict keys (Flax: ``'Block_0/attn/query/kernel'``), sequence indices and
   attribute names (Equinox: ``'layers/0/weight'``, no dots or brackets).
   These are the strings that rules, regular expressions and prefixes match.
+
+  Args:
+    params: a parameter pytree (dicts, lists, Flax or Equinox modules).
+
+  Returns:
+    list of ``(name, size)``: a leaf's path name and number of entries, in
+    the order of `jax.flatten_util.ravel_pytree`.
+
+  Raises:
+    Exception: only what flattening `params` raises (a custom pytree node
+      whose flatten fails); any pytree of arrays is accepted, an empty one
+      gives ``[]``.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> params = {'dense_0': {'w': np.ones((3, 2)), 'b': np.ones(2)},
+    ...           'dense_1': {'w': np.ones((2, 1)), 'b': np.ones(1)}}
+    >>> sd.parameter_paths(params)
+    [('dense_0/b', 2), ('dense_0/w', 6), ('dense_1/b', 1), ('dense_1/w', 2)]
   """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   return [(path_name(path), int(np.size(leaf))) for path, leaf in leaves]
@@ -72,7 +92,22 @@ def per_layer(path):
   """Rule: one block per layer, the module that owns the leaf: the path
   without its last component (``'Block_0/attn/query/kernel'`` ->
   ``'Block_0/attn/query'``, kernel and bias together; ``'layers/0/weight'`` ->
-  ``'layers/0'``). A top-level leaf is a block of its own. The default."""
+  ``'layers/0'``). A top-level leaf is a block of its own. The default.
+
+  Args:
+    path: a parameter's path name (`parameter_paths`).
+
+  Returns:
+    str: the block's name.
+
+  Raises:
+    TypeError: `path` not a string (every string has a block).
+
+  Example:
+    >>> import spectral_density as sd
+    >>> sd.per_layer('Block_0/attn/query/kernel'), sd.per_layer('scale')
+    ('Block_0/attn/query', 'scale')
+  """
   parent = path.rsplit('/', 1)[0] if '/' in path else path
   return parent
 
@@ -115,7 +150,25 @@ def per_role(path):
   ``'query'``, ``'key'``, ``'value'``, ``'attention_output'``, ``'mlp_in'``,
   ``'mlp_out'``, ``'norm'``, ``'head'``, else ``'other'`` (`ROLES`; the
   patterns are `ROLE_PATTERNS`). With `per_layer` and `per_leaf`, Zhang et
-  al.'s (NeurIPS 2024) blocks of a transformer."""
+  al.'s (NeurIPS 2024) blocks of a transformer.
+
+  Args:
+    path: a parameter's path name (`parameter_paths`).
+
+  Returns:
+    str: one of `ROLES`.
+
+  Raises:
+    TypeError: `path` not a string (an unmatched one is ``'other'``).
+
+  Example:
+    >>> import spectral_density as sd
+    >>> paths = ('Block_0/attn/query/kernel', 'Block_0/mlp/fc_in/kernel',
+    ...          'wte', 'lm_head/kernel', 'conv/kernel')
+    >>> roles = [sd.per_role(p) for p in paths]
+    >>> roles
+    ['query', 'mlp_in', 'embedding', 'head', 'other']
+  """
   for role, pattern in _ROLE_RES:
     if pattern.search(path):
       return role
@@ -182,8 +235,34 @@ def block_masks(params, blocks=None, depth=None):
       name a block (1: top-level subtrees; 2: one level down).
 
   Returns:
-    dict of float64 arrays; raises `ValueError` for an empty block or a
-    parameter in two blocks.
+    dict ``{block name: [num_params]}`` of float64 0/1 arrays, in the
+    `ravel_pytree` order of `params`.
+
+  Raises:
+    ValueError: a block that matches no parameter, a parameter in two
+      blocks, an unknown rule name, `depth` not an int >= 1 or given with
+      `blocks`.
+    TypeError: `blocks` of another type, or a dict entry that is neither a
+      regular expression nor a predicate.
+
+  Example:
+    A 2-layer model, one block per layer (the default) and by prefix:
+
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> params = {'dense_0': {'w': np.ones((3, 2)), 'b': np.ones(2)},
+    ...           'dense_1': {'w': np.ones((2, 1)), 'b': np.ones(1)}}
+    >>> masks = sd.block_masks(params)
+    >>> {name: int(mask.sum()) for name, mask in masks.items()}
+    {'dense_0': 8, 'dense_1': 3}
+    >>> masks['dense_1']
+    array([0., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1.])
+    >>> list(sd.block_masks(params, {'weights': r'/w$'}))
+    ['weights']
+    >>> sd.block_masks(params, ['dense_2'])
+    Traceback (most recent call last):
+    ...
+    ValueError: blocks: block 'dense_2' matches no parameter ...
   """
   paths = parameter_paths(params)
   offsets = np.cumsum([0] + [size for _, size in paths])
@@ -295,7 +374,39 @@ def common_grid(spectra, sigma=None, grid_len=4000, relative_sigma=None):
 def block_densities(spectra, grid=None, sigma=None, relative_sigma=None):
   """``(densities {name: [grid_len]}, grid, sigma)``: every block's smoothed
   density (mean over draws, integral 1 over the grid) on one common grid
-  (`common_grid` unless given; `relative_sigma` as there)."""
+  (`common_grid` unless given; `relative_sigma` as there).
+
+  Args:
+    spectra: dict ``name -> SpectrumResult`` (a `BlockSpectra`).
+    grid: ``[grid_len]`` evaluation points; default `common_grid`'s.
+    sigma: kernel standard deviation in eigenvalue units (required with a
+      `grid`; default `common_grid`'s).
+    relative_sigma: the width as a fraction of the common span instead.
+
+  Returns:
+    ``(densities {name: [grid_len]}, grid [grid_len], sigma)``.
+
+  Raises:
+    TypeError: `spectra` not a non-empty dict.
+    ValueError: a `grid` without `sigma`; `sigma` or `relative_sigma` not
+      > 0, or both given.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> def spectrum(eigs):    # one draw with these nodes, equal weights
+    ...   t = np.diag(eigs)[None]
+    ...   return sd.SpectrumResult(t, t[:, range(len(eigs)), range(len(eigs))],
+    ...                            np.full((1, len(eigs)), 1 / len(eigs)),
+    ...                            np.array([len(eigs)]), len(eigs))
+    >>> spectra = {'a': spectrum([1., 2.]), 'b': spectrum([1., 2.]),
+    ...            'c': spectrum([5., 6.])}
+    >>> densities, grid, sigma = sd.block_densities(spectra, sigma=0.1)
+    >>> list(densities), grid.shape
+    (['a', 'b', 'c'], (4000,))
+    >>> round(float(np.trapezoid(densities['c'], grid)), 4)
+    1.0
+  """
   if not isinstance(spectra, dict) or not spectra:
     raise TypeError('spectra: expected a non-empty dict name -> '
                     f'SpectrumResult (a BlockSpectra), got {type(spectra)}.')
@@ -332,6 +443,28 @@ def js_distances(spectra, grid=None, sigma=None, divergence=False,
 
   Returns:
     ``(matrix [B, B], names [B])``, symmetric with a zero diagonal.
+
+  Raises:
+    TypeError, ValueError: as `block_densities`; ValueError also for a block
+      with no density on the grid.
+
+  Example:
+    Equal spectra are at distance 0, disjoint ones at ``sqrt(ln 2)``:
+
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> def spectrum(eigs):    # one draw with these nodes, equal weights
+    ...   t = np.diag(eigs)[None]
+    ...   return sd.SpectrumResult(t, t[:, range(len(eigs)), range(len(eigs))],
+    ...                            np.full((1, len(eigs)), 1 / len(eigs)),
+    ...                            np.array([len(eigs)]), len(eigs))
+    >>> spectra = {'a': spectrum([1., 2.]), 'b': spectrum([1., 2.]),
+    ...            'c': spectrum([5., 6.])}
+    >>> matrix, names = sd.js_distances(spectra)
+    >>> names, matrix.round(4)
+    (['a', 'b', 'c'], array([[0.    , 0.    , 0.8326],
+           [0.    , 0.    , 0.8326],
+           [0.8326, 0.8326, 0.    ]]))
   """
   densities, _, _ = block_densities(spectra, grid, sigma, relative_sigma)
   names = list(densities)
@@ -353,7 +486,25 @@ def js_distances(spectra, grid=None, sigma=None, divergence=False,
 
 def mean_js_distance(matrix):
   """Mean of the off-diagonal entries of a `js_distances` matrix ``[B, B]``
-  (Zhang et al.'s average over pairs of blocks)."""
+  (Zhang et al.'s average over pairs of blocks).
+
+  Args:
+    matrix: ``[B, B]`` distances, ``B >= 2``.
+
+  Returns:
+    float.
+
+  Raises:
+    ValueError: `matrix` not square ``[B, B]`` with ``B >= 2``.
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> round(sd.mean_js_distance(np.array([[0., 0.2, 0.4],
+    ...                                     [0.2, 0., 0.6],
+    ...                                     [0.4, 0.6, 0.]])), 6)
+    0.4
+  """
   matrix = np.asarray(matrix, np.float64)
   b = matrix.shape[0]
   if matrix.ndim != 2 or matrix.shape != (b, b) or b < 2:

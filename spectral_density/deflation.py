@@ -113,7 +113,10 @@ def pooled_bases(tridiag, gram, num_steps, dim, dtype):
     k = int(num_steps[b])
     blocks[b * order:b * order + k, b * order:b * order + k] = (
         tridiag[b, :k, :k])
-  usable = [int(k) if k < order else int(k) - 1 for k in num_steps]
+  # A breakdown (k < order) or a full run (k = dim: the basis spans the
+  # space, the next residual is 0) leaves ``A v_{k-1}`` in the basis too.
+  usable = [int(k) if k < order or k >= dim else int(k) - 1
+            for k in num_steps]
   return PooledBases(gram, blocks, usable, order, int(dim), linked,
                      gram_rtol(dtype))
 

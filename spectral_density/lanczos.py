@@ -224,10 +224,13 @@ def lanczos_draws(matvec, dim, order, rng_key, *, num_draws=1,
     (3, 10, 10)
     >>> np.round(np.linalg.eigvalsh(run.tridiag[0]), 3)   # order = dim: exact
     array([ 1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9., 10.], dtype=float32)
-    >>> sd.lanczos_draws(lambda v: d * v, 10, 11, jax.random.key(0))
+    >>> long = sd.lanczos_draws(lambda v: d * v, 10, 11, jax.random.key(0))
+    >>> long.num_steps, long.tridiag.shape   # order > dim: breaks down at dim
+    (array([10], dtype=int32), (1, 11, 11))
+    >>> sd.lanczos_draws(lambda v: d * v, 10, 0, jax.random.key(0))
     Traceback (most recent call last):
     ...
-    ValueError: order: must satisfy 1 <= order <= dim = 10, got 11.
+    ValueError: order: ...
   """
   dim, order, num_draws = arguments.check_sizes(matvec, dim, order, num_draws)
   arguments.check_rng_key(rng_key)

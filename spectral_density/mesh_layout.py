@@ -30,6 +30,27 @@ def fsdp_shardings(params, mesh, axis='fsdp'):
 
   Returns:
     A pytree of `NamedSharding`s shaped like `params`.
+
+  Raises:
+    ValueError: an axis name that is not one of `mesh`'s.
+
+  Example:
+    A mesh of one device (of ``len(jax.devices())`` alike): a leaf is split
+    on its largest dimension that the axis size divides:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh
+    >>> import spectral_density as sd
+    >>> mesh = Mesh(np.array(jax.devices()[:1]), ('fsdp',))
+    >>> shardings = sd.fsdp_shardings({'w': jnp.zeros((3, 8))}, mesh)
+    >>> shardings['w'].spec                   # the larger dimension
+    P(None, 'fsdp')
+    >>> sd.fsdp_shardings({'w': jnp.zeros(8)}, mesh, axis='data')
+    Traceback (most recent call last):
+    ...
+    ValueError: axis: 'data' is not an axis of the mesh {'fsdp': 1}.
   """
   names = axis if isinstance(axis, tuple) else (axis,)
   for name in names:

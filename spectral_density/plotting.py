@@ -267,6 +267,26 @@ def plot_js_heatmap(matrix, names, *, ax=None, title=None, vmax=None,
 
   Returns:
     The axes (its figure has the colour bar).
+
+  Raises:
+    ValueError: `matrix` not ``[B, B]`` for the ``B`` `names`, empty or not
+      finite.
+    TypeError: `matrix` not a real array.
+
+  Example:
+    >>> import numpy as np
+    >>> import matplotlib.pyplot as plt
+    >>> import spectral_density as sd
+    >>> matrix = np.array([[0., 0.2], [0.2, 0.]])   # from js_distances
+    >>> ax = sd.plot_js_heatmap(matrix, ['dense_0', 'dense_1'], title='JS')
+    >>> labels = [label.get_text() for label in ax.get_yticklabels()]
+    >>> labels
+    ['dense_0', 'dense_1']
+    >>> plt.close(ax.figure)
+    >>> sd.plot_js_heatmap(matrix, ['dense_0'])
+    Traceback (most recent call last):
+    ...
+    ValueError: matrix: shape (2, 2) does not match 1 names.
   """
   matrix = arguments.real_array('matrix', matrix, (2,))
   if matrix.shape != (len(names), len(names)):

@@ -47,8 +47,25 @@ def adam_preconditioner(opt_state, *, b2=0.999, eps=1e-8,
     ``[num_params]`` float array in `ravel_pytree` order of the parameters.
 
   Raises:
-    ValueError: no or several Adam states, a zero step count, or a
-      non-positive diagonal.
+    ValueError: no or several Adam states, a zero step count, `b2` outside
+      ``(0, 1)``, a negative `eps`, or a non-positive diagonal.
+
+  Example:
+    After one step ``nu_hat = g^2``, so the diagonal is ``|g| + eps``:
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import spectral_density as sd
+    >>> params = {'w': jnp.array([1., 2.])}
+    >>> opt = optax.adam(1e-3)
+    >>> state = opt.init(params)
+    >>> sd.adam_preconditioner(state)
+    Traceback (most recent call last):
+    ...
+    ValueError: opt_state: Adam has taken no step (count = 0), ...
+    >>> _, state = opt.update({'w': jnp.array([0.3, -4.])}, state)
+    >>> sd.adam_preconditioner(state).round(6)
+    array([0.3, 4. ])
   """
   states = _find_adam_states(opt_state)
   if len(states) != 1:
@@ -155,7 +172,27 @@ def preconditioned(matvec, diagonal):
 
   Returns:
     An operator of the same kind: `PreconditionedOperator` for a library
-    operator, a function otherwise.
+    operator, a function ``[n] -> [n]`` otherwise.
+
+  Raises:
+    TypeError: `matvec` neither an operator nor callable.
+    ValueError: `diagonal` not ``[n]`` (the operator's size), not finite, or
+      not > 0.
+
+  Example:
+    ``A = diag(4, 16)`` preconditioned by its own diagonal is the identity:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> d = jnp.array([4., 16.])
+    >>> op = sd.preconditioned(lambda v: d * v, np.array([4., 16.]))
+    >>> op(jnp.array([1., 3.]))
+    Array([1., 3.], dtype=float32)
+    >>> sd.preconditioned(lambda v: d * v, np.array([4., 0.]))
+    Traceback (most recent call last):
+    ...
+    ValueError: diagonal: must be finite and > 0.
   """
   if isinstance(matvec, operators.Operator):
     # A resident operator runs Lanczos programs; a streamed one is called.

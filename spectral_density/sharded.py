@@ -39,7 +39,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spectral_density import arguments
-from spectral_density import function_keys
 from spectral_density import hessian
 from spectral_density import mesh_layout
 from spectral_density import recurrence
@@ -263,7 +262,31 @@ def sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature='hessian',
     A `ShardedOperator`: call it on a pytree like `params`.
 
   Raises:
-    ValueError, TypeError: a bad argument, named in the message.
+    ValueError, TypeError: a bad argument, named in the message (params not
+      on `NamedSharding`s of one mesh or split over a data axis, a
+      `batch_size` that does not divide the examples or the axes, an unknown
+      axis or curvature, a loss of the wrong form or output).
+
+  Example:
+    ``H = diag(1, ..., 8)`` over parameters split over every device:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh
+    >>> import spectral_density as sd
+    >>> mesh = Mesh(np.array(jax.devices()), ('model',))   # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8)}
+    >>> params = jax.device_put(params, sd.fsdp_shardings(params, mesh, 'model'))
+    >>> data = np.tile(np.arange(1., 9.), (4, 1))          # 4 examples of [8]
+    >>> loss = lambda p, x: 0.5 * jnp.mean(x @ p['w'] ** 2)  # H = diag(1..8)
+    >>> op = sd.sharded_hvp_fn(loss, params, data, batch_size=2)
+    >>> np.asarray(op({'w': jnp.ones(8)})['w'])
+    array([1., 2., 3., 4., 5., 6., 7., 8.], dtype=float32)
+    >>> sd.sharded_hvp_fn(loss, params, data, batch_size=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size: 3 must divide the number of examples, 4 ...
   """
   if curvature not in hessian.CURVATURES:
     raise ValueError(
@@ -291,18 +314,28 @@ def sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature='hessian',
                             jax.tree.map(lambda x: x[0], data))
   data = mesh_layout.place(
       data, mesh_layout.data_sharding(mesh, data_axes, example_axes))
-  return ShardedOperator(function_keys.canonical(loss), params, data,
+  return ShardedOperator(loss, params, data,
                          curvature=curvature, data_axes=data_axes,
                          basis_rows_over_data=arguments.boolean(
                              'basis_rows_over_data', basis_rows_over_data))
 
 
 class ShardedLanczosResult(NamedTuple):
-  """numpy arrays of a sharded run.
+  """numpy arrays of a sharded run (`sharded_lanczos`).
 
-  tridiag: ``[num_draws, order, order]``; num_steps: ``[num_draws]`` valid
-  steps (breakdown); resumed_from: the step a checkpoint resumed at (0 for a
-  fresh run).
+  Attributes:
+    tridiag: ``[num_draws, order, order]`` Lanczos tridiagonals, as
+      `LanczosResult.tridiag` (`tridiag_to_density`, `tridiag_to_eigv`).
+    num_steps: ``[num_draws]`` valid steps (``order`` unless breakdown).
+    resumed_from: the step a checkpoint resumed at (0 for a fresh run).
+
+  Example:
+    >>> import numpy as np
+    >>> import spectral_density as sd
+    >>> result = sd.ShardedLanczosResult(np.diag([1., 2.])[None], np.array([2]),
+    ...                                  0)
+    >>> result.tridiag.shape, result.num_steps, result.resumed_from
+    ((1, 2, 2), array([2]), 0)
   """
   tridiag: np.ndarray
   num_steps: np.ndarray
@@ -441,11 +474,38 @@ def sharded_lanczos(op, order, rng_key, *, num_draws=1, precision=None,
       end).
 
   Returns:
-    `ShardedLanczosResult`.
+    `ShardedLanczosResult`: ``tridiag [num_draws, order, order]``,
+    ``num_steps [num_draws]``, ``resumed_from``.
 
   Raises:
-    ValueError, TypeError: a bad argument, named in the message.
+    ValueError, TypeError: a bad argument, named in the message (`op` not a
+      `ShardedOperator`, `order` above the number of parameters, an unknown
+      `start`, `checkpoint_every` without `checkpoint_dir`).
     FloatingPointError: a product was not finite.
+
+  Example:
+    Order 8 of ``H = diag(1, ..., 8)`` (8 parameters) is its exact spectrum:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh
+    >>> import spectral_density as sd
+    >>> mesh = Mesh(np.array(jax.devices()), ('model',))   # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8)}
+    >>> params = jax.device_put(params, sd.fsdp_shardings(params, mesh, 'model'))
+    >>> data = np.tile(np.arange(1., 9.), (4, 1))          # 4 examples of [8]
+    >>> loss = lambda p, x: 0.5 * jnp.mean(x @ p['w'] ** 2)  # H = diag(1..8)
+    >>> op = sd.sharded_hvp_fn(loss, params, data, batch_size=2)
+    >>> run = sd.sharded_lanczos(op, 8, jax.random.key(0), num_draws=2)
+    >>> run.tridiag.shape, run.num_steps        # [num_draws, order, order]
+    ((2, 8, 8), array([8, 8], dtype=int32))
+    >>> np.linalg.eigvalsh(run.tridiag[0]).round(3)
+    array([1., 2., 3., 4., 5., 6., 7., 8.], dtype=float32)
+    >>> sd.sharded_lanczos(op, 9, jax.random.key(0))
+    Traceback (most recent call last):
+    ...
+    ValueError: order: must be <= the number of parameters, 8; got 9.
   """
   if not isinstance(op, ShardedOperator):
     raise TypeError(f'op: must be a ShardedOperator (sharded_hvp_fn), got '

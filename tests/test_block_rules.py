@@ -131,7 +131,8 @@ def test_block_densities_are_those_of_the_dense_diagonal_blocks():
   """Each block's SLQ density is the Gaussian-smoothed Gauss quadrature of
   the spectral measure of the dense block H_bb of jax.hessian seen from the
   start vector v_0: its k nodes match the moments v_0' H_bb^p v_0 for
-  p < 2k, and a block no larger than the order (the norms' 24) gets exactly the eigenvalues of H_bb with weights (u_i . v_0)^2."""
+  p < 2k, and a block no larger than the order (the norms' 24) gets exactly
+  the eigenvalues of H_bb with weights (u_i . v_0)^2."""
   with jax.enable_x64(True):
     model, params, data = _tiny_gpt()
     loss = transformer.make_loss_fn(model,

@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Docstrings written by another change of the same issue (the precision
 # work lists `hessian_spectrum`'s options explicitly); checked like every
 # other name once that change has landed: then delete the entry.
-PENDING = {'hessian_spectrum'}
+PENDING = set()
 
 
 def public_objects():
