@@ -297,6 +297,9 @@ def summary_lines(out):
   fmt = lambda rec, k: f'{rec[k]:.4f}' if k in rec else '-'
   for seed, record in out['per_seed'].items():
     for name in MODELS:
+      if name not in record:
+        lines.append(f'| {seed} | {name} | not finished |' + ' |' * 7)
+        continue
       rec = record[name]
       rel = ' / '.join(f'{rec[k]:.4f}' for k in (
           'jsrel_init', 'jsrel_trained', 'jsrel_trained_preconditioned')
@@ -309,42 +312,42 @@ def summary_lines(out):
                    f' | {rel} | {spread} | ' + ' | '.join(fmt(rec, k) for k in (
                        'loss_sgd', 'loss_adam', 'gap_sgd_minus_adam')) + ' |')
   seeds = list(out['per_seed'])
-  per = lambda k, name: np.array([out['per_seed'][s][name].get(k, np.nan)
-                                  for s in seeds])
+  per = lambda k, name: np.array([
+      out['per_seed'][s].get(name, {}).get(k, np.nan) for s in seeds])
   lines.append('')
   for key, label in (('js_init', 'at initialisation'),
                      ('js_trained', 'after Adam training')):
     margin = per(key, 'transformer') - per(key, 'cnn')
     if np.all(np.isnan(margin)):
       continue
-    verdict = 'yes' if np.all(margin > 0) else 'no'
+    verdict = 'yes' if np.all(margin[~np.isnan(margin)] > 0) else 'no'
     lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
-                 f'every seed: **{verdict}**; margins (transformer - CNN) '
-                 f'per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
+                 f'every seed measured: **{verdict}**; margins (transformer - '
+                 f'CNN) per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
   for key, label in (('jsrel_init', 'at initialisation, relative kernel'),
                      ('jsrel_trained', 'after Adam training, relative kernel')):
     margin = per(key, 'transformer') - per(key, 'cnn')
     if np.all(np.isnan(margin)):
       continue
-    verdict = 'yes' if np.all(margin > 0) else 'no'
+    verdict = 'yes' if np.all(margin[~np.isnan(margin)] > 0) else 'no'
     lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
-                 f'every seed: **{verdict}**; margins (transformer - CNN) '
-                 f'per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
+                 f'every seed measured: **{verdict}**; margins (transformer - '
+                 f'CNN) per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
   for key, label in (('spread_init', 'at initialisation'),
                      ('spread_trained', 'after Adam training')):
     margin = per(key, 'transformer') - per(key, 'cnn')
     if np.all(np.isnan(margin)):
       continue
-    verdict = 'yes' if np.all(margin > 0) else 'no'
+    verdict = 'yes' if np.all(margin[~np.isnan(margin)] > 0) else 'no'
     lines.append(f'* Transformer block scales (log10 of max / min block '
                  f'lambda_max) span more decades than the CNN\'s {label} for '
                  f'every seed: **{verdict}**; margins in decades: '
                  f'{", ".join(f"{m:+.2f}" for m in margin)}.')
   gap_t, gap_c = per('gap_sgd_minus_adam', 'transformer'), per(
       'gap_sgd_minus_adam', 'cnn')
-  if not np.all(np.isnan(gap_t)):
+  if not np.all(np.isnan(gap_t - gap_c)):
     diff = gap_t - gap_c
-    verdict = 'yes' if np.all(diff > 0) else 'no'
+    verdict = 'yes' if np.all(diff[~np.isnan(diff)] > 0) else 'no'
     lines.append(f'* SGD - Adam final-loss gap larger on the transformer for '
                  f'every seed: **{verdict}**; transformer gaps '
                  f'{", ".join(f"{g:+.4f}" for g in gap_t)}, CNN gaps '
@@ -438,9 +441,6 @@ def parse_log(lines):
         opt: {'rate': min(g, key=g.get), 'grid': {str(k): v for k, v in
                                                   g.items()}}
         for opt, g in opts.items()}
-  # Only the seeds with both models.
-  out['per_seed'] = {s: r for s, r in out['per_seed'].items()
-                     if all(m in r for m in MODELS)}
   return out
 
 
