@@ -20,7 +20,7 @@
 # %% [markdown]
 # # Block heterogeneity of a transformer's Hessian
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/spectral_density/blob/main/colab/transformer_blocks.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/spectral-density/spectral_density/blob/main/colab/transformer_blocks.ipynb)
 #
 # Zhang et al. (NeurIPS 2024), "Why Transformers Need Adam: A Hessian
 # Perspective", compare the spectra of a transformer's Hessian *blocks*
@@ -38,16 +38,24 @@
 # 3. looks at the Hessian as Adam sees it, `P^-1/2 H P^-1/2` with Adam's own
 #    `P = sqrt(nu_hat) + eps`, and how that changes the heterogeneity.
 #
-# It runs in a few minutes on a CPU; the stored outputs are from its default
-# run. `SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1` runs the same cells smaller.
+# It runs in a few minutes on an idle CPU (its stored outputs are from its
+# default run; their wall time and machine are in the notebook's metadata).
+# `SPECTRAL_DENSITY_NOTEBOOK_SMOKE=1` runs the same cells smaller.
 
 # %%
-# Colab: install the package from GitHub (OWNER: the repository's owner).
-# Where the package already imports (a checkout, CI) nothing is installed.
-import importlib.util, os, subprocess, sys  # pylint: disable=multiple-imports
+# Colab: install the package from GitHub, keeping every package the runtime
+# already has at its installed version (JAX for the runtime's GPU or TPU,
+# Flax, optax, NumPy, ...): they go to pip as constraints, so pip adds only
+# what is missing (ml_collections) or stops with an error; it never upgrades
+# them. Where the package already imports (a checkout, CI) nothing happens.
+import importlib.metadata, importlib.util, os, subprocess, sys, tempfile  # pylint: disable=multiple-imports
 if importlib.util.find_spec('spectral_density') is None:
+  with tempfile.NamedTemporaryFile('w', suffix='.txt', delete=False) as pins:
+    pins.write('\n'.join(f'{d.metadata["Name"]}=={d.version}'
+                         for d in importlib.metadata.distributions()))
   subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q',
-      'spectral_density[notebook] @ git+https://github.com/OWNER/spectral_density'])
+      '-c', pins.name, 'spectral_density[experiments] @ '
+      'git+https://github.com/spectral-density/spectral_density'])
 
 # %%
 import time
