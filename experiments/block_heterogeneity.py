@@ -484,12 +484,18 @@ def write_report(config, out, kept, seconds, command, note=None):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', 'configs/transformer_lm.py',
-                    'A config file (path[:arg]) with get_config(arg).')
-flags.DEFINE_string('from_log', None,
-                    'Write the report from the printed lines of a run that '
-                    'was stopped before its end (the seeds it finished; no '
-                    'figures), instead of running.')
+
+
+def define_flags():
+  """The command line's flags, defined only when this module is the program:
+  `experiments.main` defines `--config` too, and both are imported in one
+  process by the tests."""
+  flags.DEFINE_string('config', 'configs/transformer_lm.py',
+                      'A config file (path[:arg]) with get_config(arg).')
+  flags.DEFINE_string('from_log', None,
+                      'Write the report from the printed lines of a run that '
+                      'was stopped before its end (the seeds it finished; no '
+                      'figures), instead of running.')
 
 
 def load_config(spec):
@@ -529,4 +535,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -882,8 +882,37 @@ def block_result(run, mask):
   Args:
     run: `lanczos.LanczosResult` of the block's draws.
     mask: ``[dim]`` 0/1, the block's coordinates.
+
+  Returns:
+    `SpectrumResult` of the block, ``dim = sum(mask)``.
+
+  Raises:
+    ValueError: `mask` not 1-D, selecting no coordinate, or not as long as
+      the kept bases' rows.
+
+  Example:
+    The block diag(1, 2, 3, 4) of diag(1, ..., 10), order 4 (its size), 3
+    draws: its trace is 10, not the full operator's 55.
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import spectral_density as sd
+    >>> d = jnp.arange(1., 11.)
+    >>> mask = jnp.arange(10) < 4
+    >>> run = sd.lanczos_draws(lambda v: d * v, 10, 4, jax.random.key(0),
+    ...                        num_draws=3, keep_vecs=True,
+    ...                        projection_masks=jnp.tile(mask, (3, 1)) * 1.)
+    >>> block = sd.block_result(run, mask)
+    >>> block.dim, round(block.trace, 3), round(block.lambda_max, 3)
+    (4, 10.0, 4.0)
   """
   keep = np.asarray(mask) > 0
+  if keep.ndim != 1 or not keep.any():
+    raise ValueError(f'mask: must be 1-D with at least one nonzero entry, '
+                     f'got shape {keep.shape} with {int(keep.sum())}.')
+  if run.vecs is not None and np.shape(run.vecs)[-1] != keep.size:
+    raise ValueError(f'mask: must have the basis rows\' length '
+                     f'{np.shape(run.vecs)[-1]}, got {keep.size}.')
   vecs = None if run.vecs is None else np.asarray(run.vecs)[..., keep]
   return SpectrumResult.from_lanczos(run._replace(vecs=vecs),
                                      int(keep.sum()))

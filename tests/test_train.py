@@ -140,11 +140,14 @@ def test_snapshots_reload_and_match_a_recomputation(tmp_path):
   np.testing.assert_allclose(final['loss'], float(loss(params, data)),
                              rtol=1e-5)
 
-  hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=100)
-  key = jax.random.fold_in(jax.random.wrap_key_data(out['state'].rng), 30)
-  fresh = sd.slq(hvp_fn, n, order=40, num_draws=2, rng_key=key,
-                 keep_vecs=True)
-  metrics = probe.snapshot_metrics(fresh, hvp_fn.gradient(), 10)
+  # In the run's precision (the configs' default 'mixed': float64 Lanczos
+  # vectors, so x64 on).
+  with jax.enable_x64(config.hessian.precision != 'float32'):
+    hvp_fn, _, n = sd.get_hvp_fn(loss, params, data, batch_size=100)
+    key = jax.random.fold_in(jax.random.wrap_key_data(out['state'].rng), 30)
+    fresh = sd.slq(hvp_fn, n, order=40, num_draws=2, rng_key=key,
+                   keep_vecs=True, precision=config.hessian.precision)
+    metrics = probe.snapshot_metrics(fresh, hvp_fn.gradient(), 10)
   for name in ('lambda_max', 'lambda_min', 'trace', 'negative_mass_tol',
                'gradient_concentration', 'gradient_norm'):
     np.testing.assert_allclose(metrics[name], final[name], rtol=1e-5,
