@@ -70,7 +70,7 @@ def fashion_mnist_path():
 # notebooks, dense Hessians of real data). `pytest -m "not slow"` leaves them
 # out, for a few minutes' run of the library's tests; CI runs everything.
 SLOW_FILES = frozenset((
-    'test_fashion_mnist_exact.py', 'test_main_multihost.py',
+    'test_block_heterogeneity.py', 'test_fashion_mnist_exact.py', 'test_main_multihost.py',
     'test_multihost.py', 'test_notebooks.py', 'test_reproduce.py',
     'test_train_resnet.py'))
 

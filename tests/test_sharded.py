@@ -174,6 +174,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_run_and_resume(mlp, tmp_path):
   # 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo
   # collectives), the parameters split across both; their run is killed
@@ -211,6 +212,7 @@ def test_two_processes_give_the_one_process_run_and_resume(mlp, tmp_path):
                     data))
 
 
+@pytest.mark.slow
 def test_per_device_memory_is_a_sixth_of_the_replicated():
   # XLA's memory analysis of the compiled programs, per device, for a small
   # pre-LN decoder, less the data. The whole Lanczos run (parameters,
