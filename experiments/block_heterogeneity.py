@@ -315,34 +315,24 @@ def summary_lines(out):
   per = lambda k, name: np.array([
       out['per_seed'][s].get(name, {}).get(k, np.nan) for s in seeds])
   lines.append('')
-  for key, label in (('js_init', 'at initialisation'),
-                     ('js_trained', 'after Adam training')):
+  js = ('* Transformer mean JS larger than the CNN\'s {} for every seed '
+        'measured: **{}**; margins (transformer - CNN) per seed: {}.')
+  spread = ('* Transformer block scales (log10 of max / min block lambda_max) '
+            'span more decades than the CNN\'s {} for every seed: **{}**; '
+            'margins in decades: {}.')
+  for key, label, sentence, digits in (
+      ('js_init', 'at initialisation', js, 4),
+      ('js_trained', 'after Adam training', js, 4),
+      ('jsrel_init', 'at initialisation, relative kernel', js, 4),
+      ('jsrel_trained', 'after Adam training, relative kernel', js, 4),
+      ('spread_init', 'at initialisation', spread, 2),
+      ('spread_trained', 'after Adam training', spread, 2)):
     margin = per(key, 'transformer') - per(key, 'cnn')
     if np.all(np.isnan(margin)):
       continue
     verdict = 'yes' if np.all(margin[~np.isnan(margin)] > 0) else 'no'
-    lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
-                 f'every seed measured: **{verdict}**; margins (transformer - '
-                 f'CNN) per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
-  for key, label in (('jsrel_init', 'at initialisation, relative kernel'),
-                     ('jsrel_trained', 'after Adam training, relative kernel')):
-    margin = per(key, 'transformer') - per(key, 'cnn')
-    if np.all(np.isnan(margin)):
-      continue
-    verdict = 'yes' if np.all(margin[~np.isnan(margin)] > 0) else 'no'
-    lines.append(f'* Transformer mean JS larger than the CNN\'s {label} for '
-                 f'every seed measured: **{verdict}**; margins (transformer - '
-                 f'CNN) per seed: {", ".join(f"{m:+.4f}" for m in margin)}.')
-  for key, label in (('spread_init', 'at initialisation'),
-                     ('spread_trained', 'after Adam training')):
-    margin = per(key, 'transformer') - per(key, 'cnn')
-    if np.all(np.isnan(margin)):
-      continue
-    verdict = 'yes' if np.all(margin[~np.isnan(margin)] > 0) else 'no'
-    lines.append(f'* Transformer block scales (log10 of max / min block '
-                 f'lambda_max) span more decades than the CNN\'s {label} for '
-                 f'every seed: **{verdict}**; margins in decades: '
-                 f'{", ".join(f"{m:+.2f}" for m in margin)}.')
+    lines.append(sentence.format(
+        label, verdict, ', '.join(f'{m:+.{digits}f}' for m in margin)))
   gap_t, gap_c = per('gap_sgd_minus_adam', 'transformer'), per(
       'gap_sgd_minus_adam', 'cnn')
   if not np.all(np.isnan(gap_t - gap_c)):
