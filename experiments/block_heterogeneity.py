@@ -342,6 +342,18 @@ def summary_lines(out):
                  f'every seed: **{verdict}**; transformer gaps '
                  f'{", ".join(f"{g:+.4f}" for g in gap_t)}, CNN gaps '
                  f'{", ".join(f"{g:+.4f}" for g in gap_c)}.')
+    # The two losses are in different units (bytes vs classes): the same
+    # gap as a fraction of the loss decrease Adam achieved.
+    share = lambda name: per('gap_sgd_minus_adam', name) / (
+        per('initial_loss', name) - per('loss_adam', name))
+    rel_t, rel_c = share('transformer'), share('cnn')
+    diff = rel_t - rel_c
+    verdict = 'yes' if np.all(diff[~np.isnan(diff)] > 0) else 'no'
+    lines.append(f'* The same gap as a fraction of Adam\'s loss decrease '
+                 f'(initial loss - Adam\'s final loss) larger on the '
+                 f'transformer for every seed: **{verdict}**; transformer '
+                 f'{", ".join(f"{g:.3f}" for g in rel_t)}, CNN '
+                 f'{", ".join(f"{g:.3f}" for g in rel_c)}.')
   pre = per('js_trained_preconditioned', 'transformer')
   if not np.all(np.isnan(pre)):
     plain = per('js_trained', 'transformer')
