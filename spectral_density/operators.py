@@ -42,8 +42,10 @@ from spectral_density import batch_functions
 from spectral_density import block_products
 from spectral_density import dataset_layout
 from spectral_density import hessian
+from spectral_density import mesh_layout
 from spectral_density import parallel
 from spectral_density import precision
+from spectral_density import sharded
 
 
 def _leaf_is_not_array(v):
@@ -453,6 +455,11 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     raise ValueError(
         f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
   arguments.check_loss_form(curvature, loss)
+  if mesh_layout.is_sharded(params):
+    return _sharded_hvp_fn(loss, params, dataset, batch_size=batch_size,
+                           curvature=curvature, devices=devices, dtype=dtype,
+                           accum_dtype=accum_dtype,
+                           matmul_precision=matmul_precision)
   arguments.check_batch_size(batch_size)
   arguments.check_params(params)
   matmul_precision = precision.check_matmul_precision(matmul_precision)
@@ -502,4 +509,47 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
         jax.tree.map(lambda x: x[:min(n, batch_size or n)], dataset))
     op = ResidentOperator(loss, params, dataset, batch_size=batch_size,
                           **options)
+  return op, unravel, op.num_params
+
+
+def _sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature, devices,
+                    dtype, accum_dtype, matmul_precision):
+  """`get_hvp_fn` on sharded parameters (`mesh_layout.is_sharded`): the
+  `sharded.ShardedOperator`, a placing `unravel`, the size."""
+  for name, value, why in (
+      ('devices', devices, 'the devices are the parameters\' mesh'),
+      ('accum_dtype', accum_dtype, 'the products are summed in their own '
+       'dtype')):
+    if value is not None:
+      raise ValueError(f'{name}: not available on sharded parameters ({why}); '
+                       f'got {value!r}.')
+  dataset_layout.check_form(dataset)
+  if (callable(dataset) or isinstance(dataset, list) or
+      dataset_layout.is_random_access(dataset)):
+    raise ValueError(
+        'dataset: sharded parameters take a pytree of arrays with a leading '
+        'example axis (dealt over the mesh\'s data axes), not streamed '
+        'batches.')
+  if batch_size is None:
+    raise ValueError('batch_size: required on sharded parameters (examples '
+                     'per batch; it must divide the number of examples).')
+  op = sharded.sharded_hvp_fn(
+      loss, params, dataset, batch_size=batch_size, curvature=curvature,
+      matmul_precision=precision.check_matmul_precision(matmul_precision))
+  if dtype is not None:
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f'dtype: must be a floating dtype, got {dtype!r}.')
+    precision.check_float64_available('dtype', dtype)
+    op = op.astype(dtype)
+  def unravel(flat):
+    """A flat ``[num_params]`` vector as a pytree laid out like the
+    parameters (placed from the host)."""
+    flat_like, unravel_host = ravel_pytree(jax.tree.map(
+        lambda p: np.zeros(p.shape, p.dtype), params))
+    flat = np.asarray(flat, flat_like.dtype)
+    if flat.shape != flat_like.shape:
+      raise ValueError(f'flat: must have shape {flat_like.shape}, got '
+                       f'{flat.shape}.')
+    return mesh_layout.place(unravel_host(flat), op.shardings)
+
   return op, unravel, op.num_params
