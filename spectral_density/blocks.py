@@ -562,8 +562,17 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
                   restricted_products=True, **kwargs):
   """Spectra of the diagonal Hessian blocks (and the full one) in one run.
 
+  On parameters split over a mesh (`mesh_layout.is_sharded`) the run is
+  `sharded_lanczos`'s: a block is a group of whole leaves, so its projection
+  is a 0/1 per leaf; each block's draws start in its leaves and every
+  product is masked leaf by leaf (`sharded.LeafMaskedOperator`), all blocks
+  and the full Hessian in one batch of draws, vectors and bases laid out
+  like the parameters. The products are full ones (`restricted_products`
+  does not apply there).
+
   Args:
-    loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`.
+    loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`
+      (sharded `params` included).
     blocks, depth: which blocks, as `block_masks`: a rule (``'per_layer'``,
       the default; ``'per_role'``, ``'layer_role'``, ``'per_leaf'``; or a
       function of the path name), a dict of regular expressions, or prefixes.
@@ -576,15 +585,21 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
       batch, for `BlockSpectra.full` and `BlockSpectra.distance`.
     **kwargs: Lanczos options (`precision`, `keep_vecs`, ...), as `slq`;
       `draws_per_pass` counts the draws of each block (and of the full
-      Hessian) per pass.
+      Hessian) per pass. On sharded parameters, the options `slq` takes
+      for a sharded operator except `checkpoint_dir` and
+      `checkpoint_every`.
 
   Returns:
     `BlockSpectra`. With `keep_vecs`, each block's `vecs` hold only the
-    block's coordinates (``[num_draws, order, block size]``).
+    block's coordinates (``[num_draws, order, block size]``); on sharded
+    parameters its `sharded_vecs` are parameter pytrees, zero outside the
+    block.
 
   Raises:
     ValueError, TypeError: a bad argument, as `get_hvp_fn` and
-      `lanczos_draws` (named in the message), or `num_draws` below 1.
+      `lanczos_draws` (named in the message), or `num_draws` below 1; on
+      sharded parameters also the options `slq` refuses there, and
+      `checkpoint_dir`.
 
   Example:
     >>> import jax.numpy as jnp

@@ -388,6 +388,14 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
   batches)`; differences: `batch_size` (array datasets), `curvature`, and
   batches are weighted by their number of examples.
 
+  Parameters split over a mesh (`jax.Array`s on `NamedSharding`s of one
+  mesh of several devices, at least one leaf not replicated:
+  `mesh_layout.is_sharded`) take the sharded path: the operator is
+  `sharded_hvp_fn`'s, whose vectors are parameter pytrees laid out like the
+  parameters (nothing is raveled; no device holds all the parameters, their
+  tangent or a whole product). Replicated or single-device parameters stay
+  on the flat path.
+
   Args:
     loss: ``loss(params, batch) -> scalar`` mean loss (``'hessian'``), the
       pair ``(model_fn, output_loss)`` (``'ggn'``), or per-example losses
@@ -398,26 +406,30 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
       are refused with their path; batch-norm statistics are not parameters:
       pass them through the loss (a closure, or the batch); Flax variables
       with a 'batch_stats' (or other state) collection are refused.
+      Sharded parameters (see above) give the sharded operator.
     dataset: either a pytree of arrays with a common leading example axis
       (kept on the devices), or a `list` of batches / a callable returning a
       fresh iterable of batches / a random-access source (``len`` and
       ``[i]``, e.g. a grain ``MapDataset``: of batches, or of examples grouped
       by `batch_size`), streamed from the host; with several processes, each
-      passes its own share of the batches.
+      passes its own share of the batches. Sharded parameters take arrays
+      only (`batch_size` must divide the number of examples).
     batch_size: examples per batch for an array dataset (required there), or
       for a random-access source of single examples.
     curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
     devices: devices to use; default all devices (of every process, for an
       array dataset: on a pod each process passes the same arrays, or memory
       maps of them, and reads only its devices' batches), or this process's
-      own for a streamed dataset.
+      own for a streamed dataset. Not with sharded parameters (their mesh
+      says where they run).
     dtype: the products' dtype: floating params are cast to it, here and by
       `with_params`. Default: the params' own, but float32 for bfloat16 and
       float16 params (with a warning; see `precision.product_dtype`). A
       64-bit dtype needs x64 (else a ValueError: JAX would compute in 32
       bits).
     accum_dtype: dtype of the sum over batches and of the returned products;
-      default float64 when x64 is enabled, else `dtype`.
+      default float64 when x64 is enabled, else `dtype`. Not with sharded
+      parameters (their products are summed in `dtype`).
     matmul_precision: how float32 matmuls and convolutions of the loss, its
       gradient and products are computed: ``'highest'`` (the default, full
       float32), ``'default'`` (JAX's: one bfloat16 pass on TPU, TF32 on
@@ -429,10 +441,16 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     ``(hvp_fn, unravel, num_params)``: `hvp_fn` maps ``[num_params]`` (or
     ``[k, num_params]``) to the product; it also has `.gradient()`, `.loss()`,
     `.with_params(p)`, `.astype(dtype)`; `unravel` maps a flat vector back to
-    a params pytree.
+    a params pytree. On sharded parameters, `hvp_fn` is a
+    `sharded.ShardedOperator` (a pytree like `params` to the product, laid
+    out like them; `astype`), and `unravel` places a flat vector on the
+    host as such a pytree.
 
   Raises:
-    ValueError, TypeError: a bad argument, named in the message.
+    ValueError, TypeError: a bad argument, named in the message; on sharded
+      parameters also `devices` or `accum_dtype` given, a streamed
+      `dataset`, no `batch_size`, and a mixed layout (`params`: some leaves
+      split over a mesh, others not on it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -450,6 +468,23 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     True
     >>> unravel(jnp.array([1., 2.]))
     {'w': Array([1., 2.], dtype=float32)}
+
+    The same parameters split over the devices (with one device they are
+    not split, and the flat path runs): the vectors are parameter pytrees.
+
+    >>> import jax
+    >>> from jax.sharding import Mesh
+    >>> mesh = Mesh(np.array(jax.devices()), ('fsdp',))   # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8)}
+    >>> placed = jax.device_put(params, sd.fsdp_shardings(params, mesh))
+    >>> x = np.tile(np.arange(1., 9.), (4, 1))            # H = diag(1, ..., 8)
+    >>> loss = lambda p, batch: 0.5 * jnp.mean(batch @ p['w'] ** 2)
+    >>> hvp_fn, unravel, n = sd.get_hvp_fn(loss, placed, x, batch_size=2)
+    >>> v = np.ones(8)
+    >>> hv = (hvp_fn(unravel(v))['w'] if sd.mesh_layout.is_sharded(placed)
+    ...       else hvp_fn(v))
+    >>> np.asarray(hv)
+    array([1., 2., 3., 4., 5., 6., 7., 8.], dtype=float32)
   """
   if curvature not in hessian.CURVATURES:
     raise ValueError(

@@ -1092,11 +1092,21 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
   docs/guide/precision.md): `dtype` (the products), `precision` (the Lanczos
   recurrence) and `matmul_precision` (how float32 matmuls are computed).
 
+  Parameters split over a mesh (`mesh_layout.is_sharded`: `jax.Array`s on
+  `NamedSharding`s of one mesh, at least one leaf not replicated) run the
+  sharded path (`get_hvp_fn`'s sharded operator, `sharded_lanczos`): every
+  vector and the bases stay laid out like the parameters, and the result is
+  the same `SpectrumResult`. With >= 2 draws the Gram matrix of the bases
+  is computed on the devices, so `trace` is deflated as on the flat path;
+  `keep_vecs` keeps the bases there (`SpectrumResult.sharded_vecs`), from
+  which `ritz_vectors(k, pytree=True)` and `subspace_fraction` are
+  computed on the devices, laid out like the parameters.
+
   Args:
     loss: ``loss(params, batch)``, as `get_hvp_fn`.
     params: pytree of floating arrays, every entry a Hessian direction (as
       `get_hvp_fn`: integer leaves are refused; batch-norm statistics go
-      through the loss).
+      through the loss); or sharded over a mesh (see above).
     dataset: arrays with a leading example axis, a list of batches, a
       callable returning fresh batches, or a random-access source; as
       `get_hvp_fn`.
@@ -1117,18 +1127,23 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
       gradient and recurrence), ``'default'`` (JAX's reduced-precision
       default on TPU and NVIDIA GPUs) or a `jax.lax.DotAlgorithmPreset` name;
       float64 stays float64. Applies to the operator and the recurrence.
-    draws_per_pass: draws computed together (memory); default all.
+    draws_per_pass: draws computed together (memory); default all (the
+      only choice on sharded parameters).
     start: ``'gaussian'`` or ``'rademacher'`` start vectors.
-    basis: ``'device'``, ``'sharded'``, ``'host'`` or ``'none'``.
+    basis: ``'device'``, ``'sharded'``, ``'host'`` or ``'none'``; on sharded
+      parameters ``'device'`` and ``'sharded'`` both mean the bases laid out
+      like the parameters, and ``'host'`` is refused.
     reorth_passes: Gram-Schmidt passes per step.
     keep_vecs: keep the Lanczos bases in the result.
     tol: relative breakdown tolerance; default ``10 x eps`` of the products'
       dtype.
     checkpoint_dir: orbax checkpoints of the Lanczos state (resumable).
     checkpoint_every: steps between checkpoints and progress reports.
-    progress: True prints a status line; a callable gets a dict.
+    progress: True prints a status line; a callable gets a dict (not on
+      sharded parameters).
     projection_masks: ``[num_draws, num_params]`` 0/1: Lanczos on diagonal
-      blocks (see `lanczos_draws`).
+      blocks (see `lanczos_draws`); not on sharded parameters (use
+      `block_spectra`).
 
   Returns:
     `SpectrumResult` of ``[num_draws, order]`` nodes and weights, whose
@@ -1138,7 +1153,10 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
     ValueError, TypeError: a bad argument, named in the message (the checks
       of `get_hvp_fn` and `lanczos_draws`: a loss that is not scalar, integer
       parameters, a `batch_size` for a dataset that is not arrays, an
-      unknown `curvature`, `precision` or `basis`, ...).
+      unknown `curvature`, `precision` or `basis`, ...; on sharded
+      parameters also an option it cannot honour: `devices`,
+      `accum_dtype`, `draws_per_pass`, ``basis='host'``, `progress`,
+      `projection_masks`).
     FloatingPointError: a product was not finite (the message names the
       Lanczos step and the draw).
 
@@ -1157,6 +1175,27 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
     array([0.41, 1.25, 2.59])
     >>> np.linalg.eigvalsh(x.T @ x / 4).round(3)
     array([0.41, 1.25, 2.59])
+
+    Parameters split over the devices (FSDP): the same call. ``H = diag(1,
+    ..., 8)``; order 8 gives it exactly, and the top Ritz vector is a
+    parameter pytree laid out like the parameters:
+
+    >>> import jax
+    >>> from jax.sharding import Mesh
+    >>> mesh = Mesh(np.array(jax.devices()), ('fsdp',))   # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8)}
+    >>> params = jax.device_put(params, sd.fsdp_shardings(params, mesh))
+    >>> data = np.tile(np.arange(1., 9.), (4, 1))          # 4 examples of [8]
+    >>> loss = lambda p, x: 0.5 * jnp.mean(x @ p['w'] ** 2)
+    >>> result = sd.hessian_spectrum(loss, params, data, batch_size=2,
+    ...                              order=8, num_draws=2, keep_vecs=True)
+    >>> np.sort(result.nodes[0]).round(3)
+    array([1., 2., 3., 4., 5., 6., 7., 8.], dtype=float32)
+    >>> round(result.trace, 3), result.summary()['trace_deflated']
+    (36.0, True)
+    >>> top = result.ritz_vectors(1, pytree=True)
+    >>> top['w'].shape, int(np.abs(np.asarray(top['w'][0])).argmax())
+    ((1, 8), 7)
   """
   hvp_fn, _, num_params = operators.get_hvp_fn(
       loss, params, dataset, batch_size=batch_size, curvature=curvature,
