@@ -517,10 +517,11 @@ class SpectrumResult:
     """`subspace_fraction` from `sharded_vecs`: ``B g``, ``B B^T`` and
     ``g . g`` on the devices, the rest (``k x order``) here."""
     if isinstance(vector, (np.ndarray, jax.Array)) and np.ndim(vector) == 1:
-      if np.shape(vector) != (self.dim,):
-        raise ValueError(f'vector: must have shape ({self.dim},), got '
+      flat_like, unravel = self._unravel('vector')   # all the parameters
+      if np.shape(vector) != flat_like.shape:
+        raise ValueError(f'vector: must have shape {flat_like.shape}, got '
                          f'{np.shape(vector)}.')
-      vector = self._unravel('vector')[1](np.asarray(vector))
+      vector = unravel(np.asarray(vector, flat_like.dtype))
     expected = jax.tree.structure(self.params_like)
     if jax.tree.structure(vector) != expected:
       raise ValueError(f'vector: a pytree of structure '

@@ -51,6 +51,16 @@ def _assert_laid_out_like(tree, params, lead, rows=()):
       assert not x.sharding.is_fully_replicated
 
 
+@pytest.fixture(autouse=True)
+def x64():
+  # Every test in float64: JAX 0.10.2 gives an array typed float64 with
+  # float32 shards when one numpy array is placed on a mesh outside and then
+  # inside `jax.enable_x64(True)` (a later program reads it: a segfault, or
+  # "RuntimeProgramInputMismatch"); these tests share the fixture's arrays.
+  with jax.enable_x64(True):
+    yield
+
+
 @pytest.fixture(scope='module')
 def mlp():
   loss, params, data = sharded_worker.problem()
@@ -257,3 +267,23 @@ def test_options_the_sharded_path_cannot_honour_are_named(mlp, spectra):
   with pytest.raises(ValueError, match='params'):
     sd.get_hvp_fn(loss, {**placed, 'b1': params['b1']}, data,
                   batch_size=BATCH)
+
+
+@pytest.mark.slow
+def test_a_checkpointed_sharded_spectrum_resumes_to_the_same_result(
+    mlp, tmp_path):
+  loss, params, data, _ = mlp
+  placed = _placed('fsdp8', jax.tree.map(lambda x: x.astype(np.float32),
+                                         params))
+  data = jax.tree.map(lambda x: x.astype(np.float32), data)
+  run = lambda **kw: sd.hessian_spectrum(
+      loss, placed, data, batch_size=BATCH, order=6, num_draws=2,
+      rng_key=jax.random.key(4), **kw)
+  plain = run()
+  saved = run(checkpoint_dir=str(tmp_path), checkpoint_every=3)
+  resumed = run(checkpoint_dir=str(tmp_path), checkpoint_every=3)
+  for result in (saved, resumed):
+    np.testing.assert_allclose(result.tridiag, plain.tridiag, rtol=0,
+                               atol=1e-6)
+    np.testing.assert_allclose(result.gram, plain.gram, rtol=0, atol=1e-6)
+  assert resumed.trace == pytest.approx(plain.trace, rel=1e-5)
