@@ -474,9 +474,9 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
 
     >>> import jax
     >>> from jax.sharding import Mesh
-    >>> mesh = Mesh(np.array(jax.devices()), ('fsdp',))   # 1, 2, 4 or 8 devices
+    >>> mesh = Mesh(np.array(jax.devices()), ('model',))  # 1, 2, 4 or 8 devices
     >>> params = {'w': jnp.zeros(8)}
-    >>> placed = jax.device_put(params, sd.fsdp_shardings(params, mesh))
+    >>> placed = jax.device_put(params, sd.fsdp_shardings(params, mesh, 'model'))
     >>> x = np.tile(np.arange(1., 9.), (4, 1))            # H = diag(1, ..., 8)
     >>> loss = lambda p, batch: 0.5 * jnp.mean(batch @ p['w'] ** 2)
     >>> hvp_fn, unravel, n = sd.get_hvp_fn(loss, placed, x, batch_size=2)

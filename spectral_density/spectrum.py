@@ -1183,19 +1183,19 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
 
     >>> import jax
     >>> from jax.sharding import Mesh
-    >>> mesh = Mesh(np.array(jax.devices()), ('fsdp',))   # 1, 2, 4 or 8 devices
+    >>> mesh = Mesh(np.array(jax.devices()), ('model',))  # 1, 2, 4 or 8 devices
     >>> params = {'w': jnp.zeros(8)}
-    >>> params = jax.device_put(params, sd.fsdp_shardings(params, mesh))
+    >>> params = jax.device_put(params, sd.fsdp_shardings(params, mesh, 'model'))
     >>> data = np.tile(np.arange(1., 9.), (4, 1))          # 4 examples of [8]
     >>> loss = lambda p, x: 0.5 * jnp.mean(x @ p['w'] ** 2)
     >>> result = sd.hessian_spectrum(loss, params, data, batch_size=2,
     ...                              order=8, num_draws=2, keep_vecs=True)
     >>> np.sort(result.nodes[0]).round(3)
-    array([1., 2., 3., 4., 5., 6., 7., 8.], dtype=float32)
+    array([1., 2., 3., 4., 5., 6., 7., 8.])
     >>> round(result.trace, 3), result.summary()['trace_deflated']
     (36.0, True)
-    >>> top = result.ritz_vectors(1, pytree=True)
-    >>> top['w'].shape, int(np.abs(np.asarray(top['w'][0])).argmax())
+    >>> top = np.asarray(result.ritz_vectors(1, pytree=True)['w'])
+    >>> top.shape, int(np.abs(top).argmax())
     ((1, 8), 7)
   """
   hvp_fn, _, num_params = operators.get_hvp_fn(
