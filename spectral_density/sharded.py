@@ -324,7 +324,7 @@ def sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature='hessian',
     matmul_precision: how float32 matmuls of the products (and of the
       Lanczos runs on the operator) are computed, as `get_hvp_fn`'s
       (``'highest'``, ``'default'``, a `jax.lax.DotAlgorithmPreset` name);
-      None: JAX's default.
+      None: ``'highest'`` (full float32), as every entry point.
 
   Returns:
     A `ShardedOperator`: call it on a pytree like `params`.
@@ -361,8 +361,7 @@ def sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature='hessian',
         f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
   arguments.check_loss_form(curvature, loss)
   batch_size = arguments.positive_int('batch_size', batch_size)
-  if matmul_precision is not None:
-    matmul_precision = precision_lib.check_matmul_precision(matmul_precision)
+  matmul_precision = precision_lib.check_matmul_precision(matmul_precision)
   mesh_layout.named_shardings(params)  # a ValueError unless laid out
   params = mesh_layout.auto_axes(params)
   shardings, mesh = mesh_layout.named_shardings(params)

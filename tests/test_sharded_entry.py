@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import sharded_worker
 import spectral_density as sd
+from spectral_density import estimators
 from spectral_density import mesh_layout
 from spectral_density import sharded
 
@@ -201,6 +202,10 @@ def test_ritz_vectors_from_the_sharded_basis_are_the_flat_ones(mlp, spectra):
           flat.subspace_fraction(g, k), abs=1e-10)
     assert run.subspace_fraction(_flat(g), 3) == pytest.approx(
         flat.subspace_fraction(g, 3), abs=1e-10)
+    # Principal angles of sharded results, from on-device inner products:
+    # the same top-3 space as the flat run's.
+    for other in (run, flat):
+      assert np.max(sd.subspace_overlap(run, other, 3)) < 1e-6
     with pytest.raises(ValueError, match='pytree'):
       run.ritz_vectors(3)
     with pytest.raises(ValueError, match='vector'):
@@ -287,3 +292,14 @@ def test_a_checkpointed_sharded_spectrum_resumes_to_the_same_result(
                                atol=1e-6)
     np.testing.assert_allclose(result.gram, plain.gram, rtol=0, atol=1e-6)
   assert resumed.trace == pytest.approx(plain.trace, rel=1e-5)
+
+
+def test_principal_angles_from_inner_products_are_the_direct_ones():
+  # The sharded subspace_overlap's formula against QR + SVD of the rows.
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
+  b[0] = a[0] + 0.1 * b[0]                         # one small angle
+  direct = estimators.principal_angles(a, b)
+  from_gram = estimators._principal_angles_from_gram(a @ a.T, b @ b.T, a @ b.T)
+  np.testing.assert_allclose(from_gram, direct, rtol=0, atol=1e-10)
+  assert direct[0] < 0.2 < direct[-1]
