@@ -27,7 +27,9 @@ from scipy.spatial import distance as scipy_distance
 
 from spectral_density import density
 from spectral_density import lanczos
+from spectral_density import mesh_layout
 from spectral_density import operators
+from spectral_density import sharded
 from spectral_density import spectrum
 
 FULL = 'full'
@@ -266,7 +268,20 @@ def block_masks(params, blocks=None, depth=None):
   """
   paths = parameter_paths(params)
   offsets = np.cumsum([0] + [size for _, size in paths])
-  num_params = int(offsets[-1])
+  masks = {}
+  for name, leaves in block_leaf_ids(params, blocks, depth).items():
+    mask = np.zeros(int(offsets[-1]))
+    for i in leaves:
+      mask[offsets[i]:offsets[i + 1]] = 1
+    masks[name] = mask
+  return masks
+
+
+def block_leaf_ids(params, blocks=None, depth=None):
+  """``{block name: leaf indices}`` (`jax.tree.leaves` order) of the blocks
+  of `block_masks` (same arguments, same checks): every block is a union of
+  whole leaves, since rules see only path names."""
+  paths = parameter_paths(params)
   if blocks is None and depth is not None:
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or (
         int(depth) < 1):
@@ -298,24 +313,22 @@ def block_masks(params, blocks=None, depth=None):
       raise TypeError('blocks: expected None, a rule (function or name), a '
                       'dict of name -> regular expression or predicate, or a '
                       f'list of path prefixes, got {type(blocks).__name__}.')
-  masks = {}
-  covered = np.zeros(num_params, bool)
+  ids = {}
+  covered = set()
   for name, predicate in blocks.items():
     if not callable(predicate):
       raise TypeError(f'blocks: block {name!r} needs a regular expression or '
                       f'a predicate, got {type(predicate).__name__}.')
-    mask = np.zeros(num_params)
-    for i, (path, _) in enumerate(paths):
-      if predicate(path):
-        mask[offsets[i]:offsets[i + 1]] = 1
-    if not mask.any():
+    leaves = tuple(i for i, (path, size) in enumerate(paths)
+                   if size and predicate(path))
+    if not leaves:
       raise ValueError(f'blocks: block {name!r} matches no parameter (paths: '
                        f'{[p for p, _ in paths]}).')
-    if np.any(covered & (mask > 0)):
+    if covered & set(leaves):
       raise ValueError(f'blocks: block {name!r} overlaps an earlier block.')
-    covered |= mask > 0
-    masks[name] = mask
-  return masks
+    covered.update(leaves)
+    ids[name] = leaves
+  return ids
 
 
 def block_leaves(params, mask):
@@ -549,8 +562,17 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
                   restricted_products=True, **kwargs):
   """Spectra of the diagonal Hessian blocks (and the full one) in one run.
 
+  On parameters split over a mesh (`mesh_layout.is_sharded`) the run is
+  `sharded_lanczos`'s: a block is a group of whole leaves, so its projection
+  is a 0/1 per leaf; each block's draws start in its leaves and every
+  product is masked leaf by leaf (`sharded.LeafMaskedOperator`), all blocks
+  and the full Hessian in one batch of draws, vectors and bases laid out
+  like the parameters. The products are full ones (`restricted_products`
+  does not apply there).
+
   Args:
-    loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`.
+    loss, params, dataset, batch_size, curvature, devices: as `get_hvp_fn`
+      (sharded `params` included).
     blocks, depth: which blocks, as `block_masks`: a rule (``'per_layer'``,
       the default; ``'per_role'``, ``'layer_role'``, ``'per_leaf'``; or a
       function of the path name), a dict of regular expressions, or prefixes.
@@ -563,15 +585,21 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
       batch, for `BlockSpectra.full` and `BlockSpectra.distance`.
     **kwargs: Lanczos options (`precision`, `keep_vecs`, ...), as `slq`;
       `draws_per_pass` counts the draws of each block (and of the full
-      Hessian) per pass.
+      Hessian) per pass. On sharded parameters, the options `slq` takes
+      for a sharded operator except `checkpoint_dir` and
+      `checkpoint_every`.
 
   Returns:
     `BlockSpectra`. With `keep_vecs`, each block's `vecs` hold only the
-    block's coordinates (``[num_draws, order, block size]``).
+    block's coordinates (``[num_draws, order, block size]``); on sharded
+    parameters its `sharded_vecs` are parameter pytrees, zero outside the
+    block.
 
   Raises:
     ValueError, TypeError: a bad argument, as `get_hvp_fn` and
-      `lanczos_draws` (named in the message), or `num_draws` below 1.
+      `lanczos_draws` (named in the message), or `num_draws` below 1; on
+      sharded parameters also the options `slq` refuses there, and
+      `checkpoint_dir`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -585,6 +613,12 @@ def block_spectra(loss, params, dataset, *, blocks=None, depth=None,
     >>> round(blocks.full.lambda_max, 4), round(blocks['a'].lambda_min, 4)
     (4.0, 2.0)
   """
+  if mesh_layout.is_sharded(params):
+    return _sharded_block_spectra(
+        loss, params, dataset, blocks=blocks, depth=depth,
+        batch_size=batch_size, order=order, num_draws=num_draws,
+        rng_key=rng_key, curvature=curvature, devices=devices,
+        include_full=include_full, **kwargs)
   hvp_fn, _, num_params = operators.get_hvp_fn(
       loss, params, dataset, batch_size=batch_size, curvature=curvature,
       devices=devices)
@@ -627,6 +661,64 @@ def block_spectra_of(matvec, params, *, blocks=None, depth=None, order=90,
   for i, name in enumerate(names):
     draws = lanczos.select_draws(run, slice(i, None, len(names)))
     result = spectrum.block_result(draws, rows[i])
+    if name == FULL:
+      out.full = result
+    else:
+      out[name] = result
+  if out.full is not None:
+    out.distance = wasserstein1(out.full, list(out.values()),
+                                list(out.sizes.values()))
+  return out
+
+
+def _sharded_block_spectra(loss, params, dataset, *, blocks, depth,
+                           batch_size, order, num_draws, rng_key, curvature,
+                           devices, include_full, precision=None,
+                           start='gaussian', basis='device', reorth_passes=2,
+                           keep_vecs=False, tol=None, matmul_precision=None,
+                           **refused):
+  """`block_spectra` on sharded parameters: one `sharded.run_lanczos` whose
+  draw ``d x len(names) + i`` runs on block ``i`` (start vector and every
+  product masked leaf by leaf, `sharded.LeafMaskedOperator`)."""
+  num_draws = int(num_draws)
+  if num_draws < 1:
+    raise ValueError(f'num_draws: must be >= 1, got {num_draws}.')
+  for name in ('checkpoint_dir', 'checkpoint_every'):
+    if refused.get(name) is not None:
+      raise ValueError(f'{name}: not available for block spectra on sharded '
+                       'parameters (use hessian_spectrum per block run).')
+    refused.pop(name, None)
+  reorth_passes = spectrum.sharded_options(basis, reorth_passes, keep_vecs,
+                                           refused)
+  ids = block_leaf_ids(params, blocks, depth)
+  op, _, num_params = operators.get_hvp_fn(
+      loss, params, dataset, batch_size=batch_size, curvature=curvature,
+      devices=devices, matmul_precision=matmul_precision)
+  sizes = [int(np.size(x)) for x in jax.tree.leaves(params)]
+  names = ([FULL] if include_full else []) + list(ids)
+  rows = np.array([[1.0] * len(sizes) if name == FULL else
+                   [float(i in ids[name]) for i in range(len(sizes))]
+                   for name in names])
+  rng_key = jax.random.key(0) if rng_key is None else rng_key
+  run = sharded.run_lanczos(
+      op, order, rng_key, num_draws=len(names) * num_draws,
+      precision=precision, start=start, reorth_passes=reorth_passes, tol=tol,
+      keep_vecs=keep_vecs, gram=num_draws >= 2,
+      leaf_masks=np.tile(rows, (num_draws, 1)))
+  params_like = spectrum.sharded_params_like(op.params)
+  out = BlockSpectra()
+  out.sizes = {name: sum(sizes[i] for i in ids[name]) for name in ids}
+  for i, name in enumerate(names):
+    draws = slice(i, None, len(names))
+    picked = lanczos.select_draws(
+        lanczos.LanczosResult(run.tridiag, None, run.num_steps, run.gram),
+        draws)
+    basis = (None if run.basis is None else
+             jax.tree.map(lambda b: b[draws], run.basis))  # pylint: disable=cell-var-from-loop
+    result = spectrum.sharded_result(
+        run._replace(tridiag=picked.tridiag, num_steps=picked.num_steps,
+                     gram=picked.gram, basis=basis),
+        num_params if name == FULL else out.sizes[name], params_like)
     if name == FULL:
       out.full = result
     else:

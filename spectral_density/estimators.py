@@ -67,7 +67,9 @@ def subspace_overlap(a, b, k):
 
   Args:
     a, b: `SpectrumResult`s run with ``keep_vecs=True`` on operators of the
-      same size (e.g. two training snapshots).
+      same size (e.g. two training snapshots). Results of runs on sharded
+      parameters work too: their Ritz vectors stay on the devices and only
+      ``k x k`` inner products come to the host.
     k: subspace dimension.
 
   Returns:
@@ -93,7 +95,38 @@ def subspace_overlap(a, b, k):
   """
   if a.dim != b.dim:
     raise ValueError(f'a, b: operator sizes differ ({a.dim} vs {b.dim}).')
-  return principal_angles(a.ritz_vectors(k), b.ritz_vectors(k))
+  if (getattr(a, 'sharded_vecs', None) is None and
+      getattr(b, 'sharded_vecs', None) is None):
+    return principal_angles(a.ritz_vectors(k), b.ritz_vectors(k))
+  # Runs on sharded parameters: the Ritz vectors stay pytrees on the
+  # devices; only their k x k inner products come to the host.
+  ra, rb = a.ritz_vectors(k, pytree=True), b.ritz_vectors(k, pytree=True)
+  if jax.tree.structure(ra) != jax.tree.structure(rb):
+    raise ValueError('a, b: their parameter pytrees differ.')
+  gaa, gbb, gab = (np.asarray(g, np.float64) for g in _tree_inner(ra, rb))
+  return _principal_angles_from_gram(gaa, gbb, gab)
+
+
+@jax.jit
+def _tree_inner(x, y):
+  """``(X X^T, Y Y^T, X Y^T)``, each ``[k, k]``, of two pytrees whose leaves
+  are ``[k, ...]`` (summed over leaves: a global reduction when sharded)."""
+  def inner(p, q):
+    out = 0.
+    for u, v in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
+      axes = tuple(range(1, u.ndim))
+      out = out + jnp.tensordot(u, v, axes=(axes, axes))
+    return out
+  return inner(x, x), inner(y, y), inner(x, y)
+
+
+def _principal_angles_from_gram(gaa, gbb, gab):
+  """`principal_angles` of row spaces known by their inner products: the
+  singular values of ``La^-1 Gab Lb^-T`` (``Gaa = La La^T``, Cholesky)."""
+  la, lb = np.linalg.cholesky(gaa), np.linalg.cholesky(gbb)
+  m = np.linalg.solve(la, np.linalg.solve(lb, gab.T).T)
+  cosines = np.linalg.svd(m, compute_uv=False)
+  return np.arccos(np.clip(cosines, 0.0, 1.0))
 
 
 def subspace_tracking(previous, current, gradient, k):

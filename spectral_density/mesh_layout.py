@@ -119,6 +119,72 @@ def is_named_sharded(params):
       isinstance(getattr(x, 'sharding', None), NamedSharding) for x in leaves)
 
 
+def is_sharded(params):
+  """Whether `params` take the sharded path (`sharded_hvp_fn`) rather than
+  the flat one (`get_hvp_fn`'s raveled ``[n]`` vectors).
+
+  True when every leaf is a `jax.Array` on a `NamedSharding` of one mesh of
+  more than one device and at least one leaf is split (not fully
+  replicated). Host arrays, arrays on one device and fully replicated arrays
+  stay on the flat path, as before.
+
+  Args:
+    params: the parameter pytree.
+
+  Returns:
+    bool.
+
+  Raises:
+    ValueError: a mixed layout, named `params`: some leaves split over a
+      mesh and others host arrays, on one device, on another mesh, or split
+      by a sharding that is not a `NamedSharding`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jax.sharding import Mesh
+    >>> from spectral_density import mesh_layout
+    >>> mesh = Mesh(np.array(jax.devices()), ('fsdp',))   # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8), 'b': jnp.zeros(1)}
+    >>> mesh_layout.is_sharded(params)                      # one device each
+    False
+    >>> placed = jax.device_put(params, mesh_layout.fsdp_shardings(params, mesh))
+    >>> mesh_layout.is_sharded(placed) == (len(jax.devices()) > 1)
+    True
+  """
+  leaves = jax.tree.leaves(params)
+  split = [x for x in leaves if _is_split(x)]
+  if not split:
+    return False
+  sharding = split[0].sharding
+  if not isinstance(sharding, NamedSharding):
+    raise ValueError(
+        'params: a leaf is split over devices by a '
+        f'{type(sharding).__name__}; the sharded path needs every leaf on a '
+        'NamedSharding of one Mesh (see fsdp_shardings).')
+  mesh = sharding.mesh
+  for x in leaves:
+    s = getattr(x, 'sharding', None)
+    if not isinstance(s, NamedSharding) or s.mesh != mesh:
+      where = ('a host array' if s is None else
+               f'on {type(s).__name__}' if not isinstance(s, NamedSharding)
+               else 'on another mesh')
+      raise ValueError(
+          'params: some leaves are split over the mesh '
+          f'{dict(mesh.shape)} and another is {where}; put every leaf on a '
+          'NamedSharding of that one mesh (replicated: PartitionSpec()) for '
+          'the sharded path, or none for the flat one.')
+  return True
+
+
+def _is_split(x):
+  """A `jax.Array` on several devices, not fully replicated."""
+  sharding = getattr(x, 'sharding', None)
+  return (isinstance(x, jax.Array) and sharding is not None and
+          len(sharding.device_set) > 1 and not sharding.is_fully_replicated)
+
+
 def with_lead(sharding, lead, last_lead_axes=()):
   """`sharding` with `lead` leading axes (a batch, a basis), unsplit but for
   the last one, split over `last_lead_axes` if given (a basis's rows dealt

@@ -42,8 +42,10 @@ from spectral_density import batch_functions
 from spectral_density import block_products
 from spectral_density import dataset_layout
 from spectral_density import hessian
+from spectral_density import mesh_layout
 from spectral_density import parallel
 from spectral_density import precision
+from spectral_density import sharded
 
 
 def _leaf_is_not_array(v):
@@ -386,6 +388,14 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
   batches)`; differences: `batch_size` (array datasets), `curvature`, and
   batches are weighted by their number of examples.
 
+  Parameters split over a mesh (`jax.Array`s on `NamedSharding`s of one
+  mesh of several devices, at least one leaf not replicated:
+  `mesh_layout.is_sharded`) take the sharded path: the operator is
+  `sharded_hvp_fn`'s, whose vectors are parameter pytrees laid out like the
+  parameters (nothing is raveled; no device holds all the parameters, their
+  tangent or a whole product). Replicated or single-device parameters stay
+  on the flat path.
+
   Args:
     loss: ``loss(params, batch) -> scalar`` mean loss (``'hessian'``), the
       pair ``(model_fn, output_loss)`` (``'ggn'``), or per-example losses
@@ -396,26 +406,30 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
       are refused with their path; batch-norm statistics are not parameters:
       pass them through the loss (a closure, or the batch); Flax variables
       with a 'batch_stats' (or other state) collection are refused.
+      Sharded parameters (see above) give the sharded operator.
     dataset: either a pytree of arrays with a common leading example axis
       (kept on the devices), or a `list` of batches / a callable returning a
       fresh iterable of batches / a random-access source (``len`` and
       ``[i]``, e.g. a grain ``MapDataset``: of batches, or of examples grouped
       by `batch_size`), streamed from the host; with several processes, each
-      passes its own share of the batches.
+      passes its own share of the batches. Sharded parameters take arrays
+      only (`batch_size` must divide the number of examples).
     batch_size: examples per batch for an array dataset (required there), or
       for a random-access source of single examples.
     curvature: ``'hessian'``, ``'ggn'`` or ``'fisher'``.
     devices: devices to use; default all devices (of every process, for an
       array dataset: on a pod each process passes the same arrays, or memory
       maps of them, and reads only its devices' batches), or this process's
-      own for a streamed dataset.
+      own for a streamed dataset. Not with sharded parameters (their mesh
+      says where they run).
     dtype: the products' dtype: floating params are cast to it, here and by
       `with_params`. Default: the params' own, but float32 for bfloat16 and
       float16 params (with a warning; see `precision.product_dtype`). A
       64-bit dtype needs x64 (else a ValueError: JAX would compute in 32
       bits).
     accum_dtype: dtype of the sum over batches and of the returned products;
-      default float64 when x64 is enabled, else `dtype`.
+      default float64 when x64 is enabled, else `dtype`. Not with sharded
+      parameters (their products are summed in `dtype`).
     matmul_precision: how float32 matmuls and convolutions of the loss, its
       gradient and products are computed: ``'highest'`` (the default, full
       float32), ``'default'`` (JAX's: one bfloat16 pass on TPU, TF32 on
@@ -427,10 +441,16 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     ``(hvp_fn, unravel, num_params)``: `hvp_fn` maps ``[num_params]`` (or
     ``[k, num_params]``) to the product; it also has `.gradient()`, `.loss()`,
     `.with_params(p)`, `.astype(dtype)`; `unravel` maps a flat vector back to
-    a params pytree.
+    a params pytree. On sharded parameters, `hvp_fn` is a
+    `sharded.ShardedOperator` (a pytree like `params` to the product, laid
+    out like them; `astype`), and `unravel` places a flat vector on the
+    host as such a pytree.
 
   Raises:
-    ValueError, TypeError: a bad argument, named in the message.
+    ValueError, TypeError: a bad argument, named in the message; on sharded
+      parameters also `devices` or `accum_dtype` given, a streamed
+      `dataset`, no `batch_size`, and a mixed layout (`params`: some leaves
+      split over a mesh, others not on it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -448,11 +468,33 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
     True
     >>> unravel(jnp.array([1., 2.]))
     {'w': Array([1., 2.], dtype=float32)}
+
+    The same parameters split over the devices (with one device they are
+    not split, and the flat path runs): the vectors are parameter pytrees.
+
+    >>> import jax
+    >>> from jax.sharding import Mesh
+    >>> mesh = Mesh(np.array(jax.devices()), ('model',))  # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8)}
+    >>> placed = jax.device_put(params, sd.fsdp_shardings(params, mesh, 'model'))
+    >>> x = np.tile(np.arange(1., 9.), (4, 1))            # H = diag(1, ..., 8)
+    >>> loss = lambda p, batch: 0.5 * jnp.mean(batch @ p['w'] ** 2)
+    >>> hvp_fn, unravel, n = sd.get_hvp_fn(loss, placed, x, batch_size=2)
+    >>> v = np.ones(8)
+    >>> hv = (hvp_fn(unravel(v))['w'] if sd.mesh_layout.is_sharded(placed)
+    ...       else hvp_fn(v))
+    >>> np.asarray(hv)
+    array([1., 2., 3., 4., 5., 6., 7., 8.], dtype=float32)
   """
   if curvature not in hessian.CURVATURES:
     raise ValueError(
         f'curvature must be one of {hessian.CURVATURES}, got {curvature!r}.')
   arguments.check_loss_form(curvature, loss)
+  if mesh_layout.is_sharded(params):
+    return _sharded_hvp_fn(loss, params, dataset, batch_size=batch_size,
+                           curvature=curvature, devices=devices, dtype=dtype,
+                           accum_dtype=accum_dtype,
+                           matmul_precision=matmul_precision)
   arguments.check_batch_size(batch_size)
   arguments.check_params(params)
   matmul_precision = precision.check_matmul_precision(matmul_precision)
@@ -502,4 +544,47 @@ def get_hvp_fn(loss, params, dataset, *, batch_size=None, curvature='hessian',
         jax.tree.map(lambda x: x[:min(n, batch_size or n)], dataset))
     op = ResidentOperator(loss, params, dataset, batch_size=batch_size,
                           **options)
+  return op, unravel, op.num_params
+
+
+def _sharded_hvp_fn(loss, params, dataset, *, batch_size, curvature, devices,
+                    dtype, accum_dtype, matmul_precision):
+  """`get_hvp_fn` on sharded parameters (`mesh_layout.is_sharded`): the
+  `sharded.ShardedOperator`, a placing `unravel`, the size."""
+  for name, value, why in (
+      ('devices', devices, 'the devices are the parameters\' mesh'),
+      ('accum_dtype', accum_dtype, 'the products are summed in their own '
+       'dtype')):
+    if value is not None:
+      raise ValueError(f'{name}: not available on sharded parameters ({why}); '
+                       f'got {value!r}.')
+  dataset_layout.check_form(dataset)
+  if (callable(dataset) or isinstance(dataset, list) or
+      dataset_layout.is_random_access(dataset)):
+    raise ValueError(
+        'dataset: sharded parameters take a pytree of arrays with a leading '
+        'example axis (dealt over the mesh\'s data axes), not streamed '
+        'batches.')
+  if batch_size is None:
+    raise ValueError('batch_size: required on sharded parameters (examples '
+                     'per batch; it must divide the number of examples).')
+  op = sharded.sharded_hvp_fn(
+      loss, params, dataset, batch_size=batch_size, curvature=curvature,
+      matmul_precision=precision.check_matmul_precision(matmul_precision))
+  if dtype is not None:
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f'dtype: must be a floating dtype, got {dtype!r}.')
+    precision.check_float64_available('dtype', dtype)
+    op = op.astype(dtype)
+  def unravel(flat):
+    """A flat ``[num_params]`` vector as a pytree laid out like the
+    parameters (placed from the host)."""
+    flat_like, unravel_host = ravel_pytree(jax.tree.map(
+        lambda p: np.zeros(p.shape, p.dtype), params))
+    flat = np.asarray(flat, flat_like.dtype)
+    if flat.shape != flat_like.shape:
+      raise ValueError(f'flat: must have shape {flat_like.shape}, got '
+                       f'{flat.shape}.')
+    return mesh_layout.place(unravel_host(flat), op.shardings)
+
   return op, unravel, op.num_params

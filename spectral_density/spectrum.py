@@ -25,6 +25,7 @@ Estimators and why they are computed as they are:
 Every ``sigma`` (kernel width) is a standard deviation in eigenvalue units.
 """
 
+import copy
 import dataclasses
 import functools
 import json
@@ -44,6 +45,8 @@ from spectral_density import density as density_lib
 from spectral_density import estimators
 from spectral_density import lanczos
 from spectral_density import operators
+from spectral_density import precision as precision_lib
+from spectral_density import sharded
 
 
 @dataclasses.dataclass
@@ -72,6 +75,11 @@ class SpectrumResult:
       of a run with a basis and >= 2 draws, before the bases are dropped:
       what the deflated trace and spectral sums need; None otherwise (they
       then use `vecs` when kept).
+    sharded_vecs: the bases of a run on sharded parameters (``keep_vecs=True``
+      on the sharded path), a pytree laid out like the parameters on their
+      devices, leaves ``[num_draws, order, *leaf.shape]``; else None. Never
+      gathered: `ritz_vectors` and `subspace_fraction` contract it on the
+      devices. Not saved.
 
   Two results compare equal (``==``) when their arrays are equal.
 
@@ -102,6 +110,8 @@ class SpectrumResult:
   params_like: Optional[Any] = dataclasses.field(
       default=None, repr=False, compare=False, metadata={'saved': False})
   gram: Optional[np.ndarray] = None
+  sharded_vecs: Optional[Any] = dataclasses.field(
+      default=None, repr=False, compare=False, metadata={'saved': False})
 
   def __post_init__(self):
     self.dim = arguments.positive_int('dim', self.dim)
@@ -379,7 +389,9 @@ class SpectrumResult:
         largest.
       pytree: give the vectors as one parameter pytree whose leaves have a
         leading axis ``[k, *leaf.shape]`` (needs `params_like`, which
-        `hessian_spectrum` keeps); default a ``[k, dim]`` array.
+        `hessian_spectrum` keeps); default a ``[k, dim]`` array. A run on
+        sharded parameters (`sharded_vecs`) gives only pytrees, computed
+        on the devices and laid out like the parameters.
 
     Returns:
       numpy array ``[k, dim]``, rows in descending order of their Ritz values;
@@ -388,7 +400,7 @@ class SpectrumResult:
     Raises:
       ValueError: the basis was not kept (``keep_vecs=False``), `draw` outside
         ``[0, num_draws)``, or `k` out of range; ``pytree=True``
-        without `params_like`.
+        without `params_like`; ``pytree=False`` with `sharded_vecs`.
       TypeError: `k` or `draw` not an int.
 
     Example:
@@ -400,9 +412,30 @@ class SpectrumResult:
       >>> vectors.shape, int(np.abs(vectors[0]).argmax())   # the top one is e_10
       ((2, 10), 9)
     """
-    if self.vecs is None:
+    if self.vecs is None and self.sharded_vecs is None:
       raise ValueError('ritz_vectors needs the Lanczos basis: run with '
                        'keep_vecs=True.')
+    draw, top = self._top_ritz(k, draw)
+    if self.sharded_vecs is not None:
+      if not arguments.boolean('pytree', pytree):
+        raise ValueError(
+            'pytree: the basis of a run on sharded parameters stays on the '
+            'devices; its Ritz vectors are parameter pytrees laid out like '
+            'the parameters: pass pytree=True.')
+      return sharded.basis_combination(self.sharded_vecs, draw,
+                                       self._padded(top.T))
+    steps = top.shape[0]
+    vectors = top.T @ np.asarray(self.vecs[draw, :steps], np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not arguments.boolean('pytree', pytree):
+      return vectors
+    flat_like, unravel = self._unravel('pytree')
+    return jax.vmap(unravel)(vectors.astype(flat_like.dtype))
+
+  def _top_ritz(self, k, draw):
+    """``(draw, top [steps, k])``: the draw (default: the one whose top
+    Ritz value is largest) and the eigenvectors of its valid tridiagonal
+    for its `k` largest Ritz values, descending."""
     if draw is None:
       draw = int(np.argmax(np.where(self._valid(), self.nodes, -np.inf).max(1)))
     draw = arguments.positive_int('draw', draw, minimum=0)
@@ -412,13 +445,14 @@ class SpectrumResult:
     steps = int(self.num_steps[draw])
     k = self._check_k(k, steps)
     _, s = np.linalg.eigh(self.tridiag[draw, :steps, :steps])
-    top = s[:, ::-1][:, :k]
-    vectors = top.T @ np.asarray(self.vecs[draw, :steps], np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    if not arguments.boolean('pytree', pytree):
-      return vectors
-    flat_like, unravel = self._unravel('pytree')
-    return jax.vmap(unravel)(vectors.astype(flat_like.dtype))
+    return draw, s[:, ::-1][:, :k]
+
+  def _padded(self, coefficients):
+    """``[k, steps]`` coefficients of basis rows as ``[k, order]`` (the rows
+    past the valid steps are zero)."""
+    out = np.zeros((coefficients.shape[0], self.order))
+    out[:, :coefficients.shape[1]] = coefficients
+    return out
 
   def _unravel(self, name):
     """``(flat zeros [dim], unravel)`` of `params_like`."""
@@ -458,6 +492,8 @@ class SpectrumResult:
       >>> round(result.subspace_fraction(np.ones(10), k=1), 4)     # exact: 1/10
       0.0985
     """
+    if self.sharded_vecs is not None:
+      return self._sharded_subspace_fraction(vector, k)
     if not isinstance(vector, (np.ndarray, jax.Array)):
       if self.params_like is not None:
         expected = jax.tree.structure(self.params_like)
@@ -476,6 +512,32 @@ class SpectrumResult:
     q, _ = np.linalg.qr(self.ritz_vectors(k).T)
     proj = q.T @ g
     return float(proj @ proj / (g @ g))
+
+  def _sharded_subspace_fraction(self, vector, k):
+    """`subspace_fraction` from `sharded_vecs`: ``B g``, ``B B^T`` and
+    ``g . g`` on the devices, the rest (``k x order``) here."""
+    if isinstance(vector, (np.ndarray, jax.Array)) and np.ndim(vector) == 1:
+      flat_like, unravel = self._unravel('vector')   # all the parameters
+      if np.shape(vector) != flat_like.shape:
+        raise ValueError(f'vector: must have shape {flat_like.shape}, got '
+                         f'{np.shape(vector)}.')
+      vector = unravel(np.asarray(vector, flat_like.dtype))
+    expected = jax.tree.structure(self.params_like)
+    if jax.tree.structure(vector) != expected:
+      raise ValueError(f'vector: a pytree of structure '
+                       f'{jax.tree.structure(vector)}, not the parameters\' '
+                       f'{expected}.')
+    draw, top = self._top_ritz(k, None)
+    coefficients = self._padded(top.T)              # [k, order]
+    bg, gram, gg = sharded.basis_projection(self.sharded_vecs, draw, vector)
+    if not np.isfinite(gg) or not np.all(np.isfinite(bg)):
+      raise ValueError('vector: has a NaN or inf entry.')
+    if gg == 0:
+      raise ValueError('vector: is zero, so its fraction in a subspace is '
+                       'undefined.')
+    p = coefficients @ bg                           # V g
+    vv = coefficients @ gram @ coefficients.T       # V V^T
+    return float(p @ np.linalg.lstsq(vv, p, rcond=None)[0] / gg)
 
   # Estimators of issue 13 (see `estimators`): no further products.
 
@@ -821,19 +883,31 @@ def _same(a, b):
   return a == b
 
 
-def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
+def slq(matvec, dim=None, *, order=90, num_draws=1, rng_key=None, **kwargs):
   """Stochastic Lanczos quadrature of a symmetric operator.
 
+  A `sharded.ShardedOperator` (from `get_hvp_fn` or `sharded_hvp_fn` on
+  sharded parameters) runs `sharded_lanczos`: vectors and bases stay laid
+  out like the parameters, and the result is the same `SpectrumResult`
+  (with >= 2 draws the Gram matrix of the bases is computed on the devices,
+  so the trace is deflated; `keep_vecs` keeps the bases there as
+  `SpectrumResult.sharded_vecs`).
+
   Args:
-    matvec: ``[dim] -> [dim]`` (function or `get_hvp_fn` operator).
-    dim: operator size.
+    matvec: ``[dim] -> [dim]`` (function or `get_hvp_fn` operator), or a
+      `sharded.ShardedOperator` (pytrees laid out like the parameters).
+    dim: operator size; may be omitted for an operator that knows it (its
+      `num_params`).
     order: Lanczos steps per draw (the paper: 90).
     num_draws: independent start vectors.
     rng_key: PRNG key; default ``jax.random.key(0)``.
     **kwargs: passed to `lanczos.lanczos_draws` (`draws_per_pass`,
       `precision`, `matmul_precision`, `start`, `basis`, `keep_vecs`, `tol`,
       `checkpoint_dir`, `checkpoint_every`, `progress`,
-      `projection_masks`).
+      `projection_masks`). A sharded operator takes `precision`, `start`,
+      `basis` (``'device'`` or ``'sharded'``: the same sharded layout;
+      ``'none'``), `reorth_passes`, `keep_vecs`, `tol`, `checkpoint_dir`,
+      `checkpoint_every` and `matmul_precision`; the others are refused.
 
   Returns:
     `SpectrumResult`.
@@ -841,6 +915,10 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
   Raises:
     TypeError: `matvec` not callable; and the checks of `lanczos_draws`
       (named in the message).
+    ValueError: `dim` missing for a plain function, or not the sharded
+      operator's size; an option the sharded path cannot honour
+      (``basis='host'``, `draws_per_pass`, `progress`, `projection_masks`),
+      named.
     FloatingPointError: a product returned a non-finite value.
 
   Example:
@@ -855,6 +933,14 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
     raise TypeError(f'matvec: must be callable [dim] -> [dim], got '
                     f'{type(matvec).__name__}.')
   rng_key = jax.random.key(0) if rng_key is None else rng_key
+  if isinstance(matvec, sharded.ShardedOperator):
+    return _sharded_slq(matvec, dim, order=order, num_draws=num_draws,
+                        rng_key=rng_key, **kwargs)
+  if dim is None:
+    if not isinstance(matvec, operators.Operator):
+      raise ValueError('dim: the operator size is needed for a function '
+                       '[dim] -> [dim].')
+    dim = matvec.num_params
   masks = kwargs.get('projection_masks')
   if masks is not None and not isinstance(masks, jax.core.Tracer):
     masks = np.asarray(masks)
@@ -868,6 +954,81 @@ def slq(matvec, dim, *, order=90, num_draws=1, rng_key=None, **kwargs):
   if masks is None:
     return SpectrumResult.from_lanczos(result, dim)
   return block_result(result, masks[0])
+
+
+# Options of `lanczos_draws` that the sharded path refuses when set, with
+# what they would take (the default each is compared against).
+_SHARDED_REFUSED = {
+    'draws_per_pass': (None, 'the draws run as one batch'),
+    'progress': (False, 'the run is one compiled loop (checkpoint_every '
+                 'reports nothing either)'),
+    'projection_masks': (None, 'flat [num_draws, dim] masks have no '
+                         'layout; use block_spectra, whose blocks are '
+                         'groups of whole leaves'),
+}
+
+
+def _sharded_slq(op, dim=None, *, order, num_draws, rng_key, precision=None,
+                 start='gaussian', basis='device', reorth_passes=2,
+                 keep_vecs=False, tol=None, checkpoint_dir=None,
+                 checkpoint_every=None, matmul_precision=None, **refused):
+  """`slq` of a `sharded.ShardedOperator` (see `slq`)."""
+  if dim is not None and dim != op.num_params:
+    raise ValueError(f'dim: the sharded operator has {op.num_params} '
+                     f'parameters, got dim={dim}.')
+  reorth_passes = sharded_options(basis, reorth_passes, keep_vecs, refused)
+  if matmul_precision is not None:
+    op = copy.copy(op)
+    op.matmul_precision = precision_lib.check_matmul_precision(
+        matmul_precision)
+  run = sharded.run_lanczos(
+      op, order, rng_key, num_draws=num_draws, precision=precision,
+      start=start, reorth_passes=reorth_passes, tol=tol,
+      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+      keep_vecs=keep_vecs, gram=True)
+  return sharded_result(run, op.num_params, sharded_params_like(op.params))
+
+
+def sharded_options(basis, reorth_passes, keep_vecs, refused):
+  """`reorth_passes` for the sharded path's `basis` (``'none'``: 0), after
+  refusing what it cannot honour: ``basis='host'``, an unknown option, and
+  the options of `_SHARDED_REFUSED` when set (`refused`: name -> value)."""
+  for name, value in refused.items():
+    if name not in _SHARDED_REFUSED:
+      raise TypeError(f'{name}: not an option of slq.')
+    default, why = _SHARDED_REFUSED[name]
+    if value is not default and (default is None or value != default):
+      raise ValueError(f'{name}: not available on sharded parameters ({why}); '
+                       f'got {value!r}.')
+  if basis not in lanczos.BASES:
+    raise ValueError(f'basis must be one of {lanczos.BASES}, got {basis!r}.')
+  if basis == 'host':
+    raise ValueError("basis: 'host' is not available on sharded parameters "
+                     '(the basis stays on the devices, laid out like the '
+                     "parameters: use 'device').")
+  if basis == 'none':
+    if keep_vecs:
+      raise ValueError("keep_vecs=True needs a basis: basis='device', not "
+                       "'none'.")
+    return 0
+  return reorth_passes
+
+
+def sharded_params_like(params):
+  """`SpectrumResult.params_like` of sharded parameters: shape, dtype and
+  layout of each leaf."""
+  return jax.tree.map(lambda p: jax.ShapeDtypeStruct(
+      p.shape, p.dtype, sharding=p.sharding), params)
+
+
+def sharded_result(run, dim, params_like):
+  """The `SpectrumResult` of a `sharded.ShardedLanczosResult` on an operator
+  of size `dim` (with its `gram` and kept `basis`)."""
+  tridiag = np.asarray(run.tridiag)
+  nodes, weights = density_lib.tridiag_to_eigv(tridiag)
+  return SpectrumResult(tridiag, nodes, weights, np.asarray(run.num_steps),
+                        int(dim), gram=run.gram, params_like=params_like,
+                        sharded_vecs=run.basis)
 
 
 def block_result(run, mask):
@@ -932,11 +1093,21 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
   docs/guide/precision.md): `dtype` (the products), `precision` (the Lanczos
   recurrence) and `matmul_precision` (how float32 matmuls are computed).
 
+  Parameters split over a mesh (`mesh_layout.is_sharded`: `jax.Array`s on
+  `NamedSharding`s of one mesh, at least one leaf not replicated) run the
+  sharded path (`get_hvp_fn`'s sharded operator, `sharded_lanczos`): every
+  vector and the bases stay laid out like the parameters, and the result is
+  the same `SpectrumResult`. With >= 2 draws the Gram matrix of the bases
+  is computed on the devices, so `trace` is deflated as on the flat path;
+  `keep_vecs` keeps the bases there (`SpectrumResult.sharded_vecs`), from
+  which `ritz_vectors(k, pytree=True)` and `subspace_fraction` are
+  computed on the devices, laid out like the parameters.
+
   Args:
     loss: ``loss(params, batch)``, as `get_hvp_fn`.
     params: pytree of floating arrays, every entry a Hessian direction (as
       `get_hvp_fn`: integer leaves are refused; batch-norm statistics go
-      through the loss).
+      through the loss); or sharded over a mesh (see above).
     dataset: arrays with a leading example axis, a list of batches, a
       callable returning fresh batches, or a random-access source; as
       `get_hvp_fn`.
@@ -957,18 +1128,23 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
       gradient and recurrence), ``'default'`` (JAX's reduced-precision
       default on TPU and NVIDIA GPUs) or a `jax.lax.DotAlgorithmPreset` name;
       float64 stays float64. Applies to the operator and the recurrence.
-    draws_per_pass: draws computed together (memory); default all.
+    draws_per_pass: draws computed together (memory); default all (the
+      only choice on sharded parameters).
     start: ``'gaussian'`` or ``'rademacher'`` start vectors.
-    basis: ``'device'``, ``'sharded'``, ``'host'`` or ``'none'``.
+    basis: ``'device'``, ``'sharded'``, ``'host'`` or ``'none'``; on sharded
+      parameters ``'device'`` and ``'sharded'`` both mean the bases laid out
+      like the parameters, and ``'host'`` is refused.
     reorth_passes: Gram-Schmidt passes per step.
     keep_vecs: keep the Lanczos bases in the result.
     tol: relative breakdown tolerance; default ``10 x eps`` of the products'
       dtype.
     checkpoint_dir: orbax checkpoints of the Lanczos state (resumable).
     checkpoint_every: steps between checkpoints and progress reports.
-    progress: True prints a status line; a callable gets a dict.
+    progress: True prints a status line; a callable gets a dict (not on
+      sharded parameters).
     projection_masks: ``[num_draws, num_params]`` 0/1: Lanczos on diagonal
-      blocks (see `lanczos_draws`).
+      blocks (see `lanczos_draws`); not on sharded parameters (use
+      `block_spectra`).
 
   Returns:
     `SpectrumResult` of ``[num_draws, order]`` nodes and weights, whose
@@ -978,7 +1154,10 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
     ValueError, TypeError: a bad argument, named in the message (the checks
       of `get_hvp_fn` and `lanczos_draws`: a loss that is not scalar, integer
       parameters, a `batch_size` for a dataset that is not arrays, an
-      unknown `curvature`, `precision` or `basis`, ...).
+      unknown `curvature`, `precision` or `basis`, ...; on sharded
+      parameters also an option it cannot honour: `devices`,
+      `accum_dtype`, `draws_per_pass`, ``basis='host'``, `progress`,
+      `projection_masks`).
     FloatingPointError: a product was not finite (the message names the
       Lanczos step and the draw).
 
@@ -997,11 +1176,41 @@ def hessian_spectrum(loss, params, dataset, *, order=90, num_draws=1,
     array([0.41, 1.25, 2.59])
     >>> np.linalg.eigvalsh(x.T @ x / 4).round(3)
     array([0.41, 1.25, 2.59])
+
+    Parameters split over the devices (FSDP): the same call. ``H = diag(1,
+    ..., 8)``; order 8 gives it exactly, and the top Ritz vector is a
+    parameter pytree laid out like the parameters:
+
+    >>> import jax
+    >>> from jax.sharding import Mesh
+    >>> mesh = Mesh(np.array(jax.devices()), ('model',))  # 1, 2, 4 or 8 devices
+    >>> params = {'w': jnp.zeros(8)}
+    >>> params = jax.device_put(params, sd.fsdp_shardings(params, mesh, 'model'))
+    >>> data = np.tile(np.arange(1., 9.), (4, 1))          # 4 examples of [8]
+    >>> loss = lambda p, x: 0.5 * jnp.mean(x @ p['w'] ** 2)
+    >>> result = sd.hessian_spectrum(loss, params, data, batch_size=2,
+    ...                              order=8, num_draws=2, keep_vecs=True)
+    >>> np.sort(result.nodes[0]).round(3)
+    array([1., 2., 3., 4., 5., 6., 7., 8.])
+    >>> round(result.trace, 3), result.summary()['trace_deflated']
+    (36.0, True)
+    >>> top = np.asarray(result.ritz_vectors(1, pytree=True)['w'])
+    >>> top.shape, int(np.abs(top).argmax())
+    ((1, 8), 7)
   """
   hvp_fn, _, num_params = operators.get_hvp_fn(
       loss, params, dataset, batch_size=batch_size, curvature=curvature,
       devices=devices, dtype=dtype, accum_dtype=accum_dtype,
       matmul_precision=matmul_precision)
+  if isinstance(hvp_fn, sharded.ShardedOperator):
+    return _sharded_slq(
+        hvp_fn, order=order, num_draws=num_draws,
+        rng_key=jax.random.key(0) if rng_key is None else rng_key,
+        precision=precision, start=start, basis=basis,
+        reorth_passes=reorth_passes, keep_vecs=keep_vecs, tol=tol,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+        draws_per_pass=draws_per_pass, progress=progress,
+        projection_masks=projection_masks)
   result = slq(hvp_fn, num_params, order=order, num_draws=num_draws,
                rng_key=rng_key, precision=precision,
                matmul_precision=matmul_precision,

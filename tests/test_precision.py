@@ -308,3 +308,19 @@ def test_precision_knobs_are_checked():
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     assert precision.product_dtype(jnp.float32) == jnp.float32
+
+
+def test_the_sharded_product_is_full_float32_by_default():
+  # Parameters split over a mesh take the sharded path: its default is the
+  # same full float32 precision as the flat path's.
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  params, data = _mlp(jnp.float32)
+  mesh = Mesh(np.array(jax.devices()), ('fsdp',))
+  placed = jax.device_put(params, sd.fsdp_shardings(params, mesh))
+  for setting, mark in ((None, 'HIGHEST'), ('default', 'DEFAULT')):
+    op = sd.sharded_hvp_fn(tp.mlp_loss, placed, data, batch_size=16,
+                           matmul_precision=setting)
+    ops = _ops(op.lower_product().as_text())
+    assert any('dot_general' in o for o in ops)
+    assert all(f'precision = [{mark}, {mark}]' in o for o in ops
+               if 'dot_general' in o), ops
