@@ -1,9 +1,13 @@
 """Sharded parameters: per-device memory, product time, exactness, and costs.
 
   python -m benchmarks.sharded_params [--widths 64,128,256] [--order 90]
+      [--model decoder|gpt] [--seq_len 8]
 
 On 8 devices (host CPU devices unless accelerators are present), for a small
-pre-LN decoder-only transformer of growing width: XLA's memory analysis of
+pre-LN decoder-only transformer of growing width (`decoder`: written out
+here, on random tokens; `gpt`: the GPT of experiments/transformer.py with its
+token-weighted loss, on byte sequences of the Python standard library's
+source, its vocabulary the 256 bytes): XLA's memory analysis of
 the compiled product and Lanczos programs per device with the parameters
 replicated (data parallel over 8, the library's `get_hvp_fn` design), fully
 sharded over 8 (FSDP 8), and FSDP 4 x data 2; the product's time ratio;
@@ -109,12 +113,44 @@ def decoder_data(seed, num_examples, *, vocab=64, seq_len=8):
                                  dtype=np.int32)}
 
 
+def gpt_problem(key, *, width, depth, seq_len, examples):
+  """(params, loss, data) of the GPT of experiments/transformer.py (4 heads,
+  MLP 4 x width) on `examples` byte sequences of the 'stdlib' corpus; the
+  loss weights each batch by its real tokens (`make_loss_fn`)."""
+  # Imported here: flax and the experiments are not needed for `decoder`.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import datasets  # pylint: disable=g-import-not-at-top
+  from experiments import transformer  # pylint: disable=g-import-not-at-top
+  model = transformer.GPT(vocab_size=256, max_len=seq_len, width=width,
+                          num_layers=depth, num_heads=4, mlp_dim=4 * width)
+  config = ml_collections.ConfigDict({'dataset': {
+      'name': 'stdlib', 'seq_len': seq_len, 'num_train': examples,
+      'num_test': 1}})
+  data, _ = datasets.load_text_dataset(config)
+  loss = transformer.make_loss_fn(model, transformer.tokens_per_example(data))
+  return transformer.init_params(model, key, seq_len), loss, data
+
+
+def problem(model, key, *, width, depth, seq_len, vocab, examples):
+  """(params, loss, data) of `model`, 'decoder' or 'gpt' (`vocab`: the
+  decoder's; the GPT's is the 256 bytes)."""
+  if model == 'gpt':
+    return gpt_problem(key, width=width, depth=depth, seq_len=seq_len,
+                       examples=examples)
+  params = decoder_params(key, vocab=vocab, width=width, depth=depth,
+                          seq_len=seq_len)
+  return params, decoder_loss, decoder_data(0, examples, vocab=vocab,
+                                            seq_len=seq_len)
+
+
 def num_params(params):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def operator(layout, params, data, batch_size, devices=None):
-  """The `ShardedOperator` of `params` laid out as `LAYOUTS[layout]`."""
+def operator(layout, params, data, batch_size, devices=None,
+             loss=decoder_loss):
+  """The `ShardedOperator` of `loss` at `params` laid out as
+  `LAYOUTS[layout]`."""
   shape, names, fsdp = LAYOUTS[layout]
   devices = np.asarray(devices if devices is not None else jax.devices()[:8])
   mesh = jax.sharding.Mesh(devices.reshape(shape), names)
@@ -127,7 +163,7 @@ def operator(layout, params, data, batch_size, devices=None):
   placed = mesh_layout.place(params, shardings)
   # The replicated baseline is the library's data-parallel design: the
   # parameters and every Lanczos vector whole on every device.
-  return sharded.sharded_hvp_fn(decoder_loss, placed, data,
+  return sharded.sharded_hvp_fn(loss, placed, data,
                                 batch_size=batch_size,
                                 basis_rows_over_data=fsdp is not None)
 
@@ -160,14 +196,17 @@ def program_bytes(op, order):
   return {'product': product, 'lanczos': lanczos}
 
 
-def hv_flops_per_token(params, seq_len, batch):
-  """XLA's FLOP count of one batch's ``H v`` per token (shapes only)."""
+def hv_flops_per_token(params, seq_len, batch, loss=decoder_loss, data=None):
+  """XLA's FLOP count of one batch's ``H v`` per token (shapes only); the
+  batch is shaped like `data`'s leaves (default: tokens only)."""
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         params)
-  tokens = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)
-  fn = lambda p, b, v: jax.jvp(lambda q: jax.grad(decoder_loss)(q, b), (p,),
+  data = data or {'tokens': np.zeros((1, seq_len + 1), np.int32)}
+  one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      (batch,) + np.shape(x)[1:], np.asarray(x).dtype), data)
+  fn = lambda p, b, v: jax.jvp(lambda q: jax.grad(loss)(q, b), (p,),
                                (v,))[1]
-  cost = jax.jit(fn).lower(shapes, {'tokens': tokens}, shapes).cost_analysis()
+  cost = jax.jit(fn).lower(shapes, one, shapes).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops']) / (batch * seq_len)
 
@@ -190,11 +229,16 @@ def _commit():
 
 
 def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
-        batch_size=16, tridiag_order=10):
+        batch_size=16, tridiag_order=10, model='decoder'):
   lines = []
   say = lambda s='': (print(s, file=out), lines.append(s))
+  if model == 'gpt':
+    vocab = 256
+  described = ('GPT of experiments/transformer.py on stdlib bytes'
+               if model == 'gpt' else 'decoder on random tokens')
   say(f'Device: {jax.devices()[0].device_kind} x {jax.device_count()}; '
-      f'decoder depth {depth}, seq {seq_len}, vocab {vocab}; order {order} '
+      f'{described}, depth {depth}, seq {seq_len}, vocab {vocab}; '
+      f'order {order} '
       f'(memory), {tridiag_order} (tridiagonal); {examples} examples, '
       f'batch {batch_size}; float32')
   say('')
@@ -202,13 +246,15 @@ def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
       'Lanczos bytes/param/device | vs replicated | product time ratio | '
       'tridiag max rel diff')
   say('|'.join(['---'] * 9))
-  data = decoder_data(0, examples, vocab=vocab, seq_len=seq_len)
+  make = lambda width: problem(model, jax.random.key(width), width=width,
+                               depth=depth, seq_len=seq_len, vocab=vocab,
+                               examples=examples)
   per_param = {}
   for width in widths:
-    params = decoder_params(jax.random.key(width), vocab=vocab, width=width,
-                            depth=depth, seq_len=seq_len)
+    params, loss, data = make(width)
     n = num_params(params)
-    ops = {name: operator(name, params, data, batch_size) for name in LAYOUTS}
+    ops = {name: operator(name, params, data, batch_size, loss=loss)
+           for name in LAYOUTS}
     v = jax.tree.map(jnp.ones_like, params)
     base = None
     for name, op in ops.items():
@@ -226,9 +272,8 @@ def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
           f'{mem["lanczos"] / base[0]["lanczos"]:.3f} | '
           f'{seconds / base[1]:.2f} | {diff:.1e}')
   width = widths[-1]
-  params = decoder_params(jax.random.key(width), vocab=vocab, width=width,
-                          depth=depth, seq_len=seq_len)
-  flops_token = hv_flops_per_token(params, seq_len, batch_size)
+  params, loss, data = make(width)
+  flops_token = hv_flops_per_token(params, seq_len, batch_size, loss, data)
   flops_per_param_token = flops_token / num_params(params)
   say('')
   say('Derived from the measurements above (largest width; the fixed '
@@ -274,6 +319,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--widths', default='64,128,256')
   parser.add_argument('--order', type=int, default=90)
+  parser.add_argument('--model', choices=('decoder', 'gpt'), default='decoder',
+                      help='decoder: written out here, random tokens; gpt: '
+                      'experiments/transformer.py on stdlib bytes')
+  parser.add_argument('--seq_len', type=int, default=8)
   parser.add_argument('--report', default=None,
                       help='report path (default docs/reports/...)')
   args = parser.parse_args(argv)
@@ -282,7 +331,8 @@ def main(argv=None):
                      '--xla_force_host_platform_device_count=8 on CPU)')
   widths = [int(w) for w in args.widths.split(',')]
   start = time.time()
-  lines = run(widths, args.order, sys.stdout)
+  lines = run(widths, args.order, sys.stdout, seq_len=args.seq_len,
+              model=args.model)
   today = datetime.datetime.now(datetime.timezone.utc)
   path = pathlib.Path(args.report) if args.report else (
       REPO / 'docs' / 'reports' /

@@ -40,7 +40,8 @@ REPO = COLAB_DIR.parent
 FIGURE_DIR = REPO / 'docs' / 'figures'
 FIGURE_TAG = 'readme-figure'
 NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model',
-             'blocks_error_bars_tracking', 'transformer_blocks')
+             'blocks_error_bars_tracking', 'transformer_blocks',
+             'sharded_transformer')
 # The repository's address: the one place it is written. Every notebook's
 # "Open in Colab" badge and install cell use it (`--address` writes it into
 # them; tests/test_notebooks.py checks).

@@ -19,6 +19,7 @@ import os
 import pathlib
 import runpy
 
+import numpy as np
 from packaging import requirements
 from packaging import utils as packaging_utils
 
@@ -36,7 +37,8 @@ CELL_TIMEOUT_S = 1800
 FIGURE_TAG = 'readme-figure'
 SUMMARY_MARKER = 'NOTEBOOK_SUMMARY '
 NOTEBOOKS = ('quickstart', 'batchnorm_outliers', 'your_model',
-             'blocks_error_bars_tracking', 'transformer_blocks')
+             'blocks_error_bars_tracking', 'transformer_blocks',
+             'sharded_transformer')
 MAX_NOTEBOOK_BYTES = 1_000_000
 
 
@@ -233,3 +235,25 @@ def test_blocks_error_bars_tracking(monkeypatch):
   for record in tracking[1:]:
     assert 0 <= record['overlap'] <= 1 + 1e-9
     assert 0 <= record['gradient_fraction_previous'] <= 1 + 1e-9
+
+
+def test_sharded_transformer_layouts_agree(monkeypatch):
+  notebook, summary = run_notebook('sharded_transformer', monkeypatch)
+  assert figure_pngs(notebook)
+  assert summary['num_devices'] == 8
+  # Every leaf of the small GPT has a dimension that 8 divides: each device
+  # holds exactly its share of the parameters.
+  whole = summary['param_bytes_whole']
+  held = summary['param_bytes_per_device']
+  assert held == {'replicated': whole, 'FSDP 8': whole // 8,
+                  'FSDP 4 x data 2': whole // 4}
+  program = summary['lanczos_bytes_per_device']
+  assert program['FSDP 8'] < program['FSDP 4 x data 2'] < (
+      program['replicated'])
+  # The same start vectors, exact products: float32 rounding apart, the
+  # layouts give the replicated run's tridiagonals and Ritz values.
+  for name in ('FSDP 8', 'FSDP 4 x data 2'):
+    assert summary['tridiag_difference'][name] < 1e-4
+    np.testing.assert_allclose(summary['top_ritz'][name],
+                               summary['top_ritz']['replicated'], rtol=1e-4)
+  assert summary['final_loss'] < summary['initial_loss']
