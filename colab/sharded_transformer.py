@@ -275,6 +275,26 @@ print('\ntop 5 Ritz values, draw 0:')
 for name, values in ritz.items():
   print(f'  {name:16s}', np.array2string(values[0, -5:][::-1], precision=5))
 
+# %% [markdown]
+# ## In one call
+#
+# `sd.hessian_spectrum` (and `get_hvp_fn`, `block_spectra`) see that the
+# parameters are split over a mesh and take this path themselves. The
+# result is the usual `SpectrumResult`: its trace is deflated with the
+# draws' bases (their Gram matrix computed on the devices), and the top
+# Ritz vectors come back laid out like the parameters, never gathered.
+
+# %%
+placed = operators['FSDP 8'].params
+result = sd.hessian_spectrum(loss_fn, placed, hessian_set, batch_size=BATCH,
+                             order=ORDER, num_draws=DRAWS, keep_vecs=True)
+one_call = result.summary(k=3)
+print({k: one_call[k] for k in ('lambda_max', 'trace', 'trace_stderr',
+                                'trace_deflated', 'negative_mass')})
+top = result.ritz_vectors(1, pytree=True)
+kernel = top['block_0']['attn']['query']['kernel']
+print('top Ritz vector, one leaf:', kernel.shape, kernel.sharding.spec)
+
 # %%
 summary = {
     'num_devices': len(devices),
@@ -286,5 +306,7 @@ summary = {
     'lanczos_bytes_per_device': {k: int(v[1]) for k, v in memory.items()},
     'tridiag_difference': difference,
     'top_ritz': {k: v[:, -5:][:, ::-1].tolist() for k, v in ritz.items()},
+    'one_call': {k: one_call[k] for k in ('lambda_max', 'trace',
+                                          'trace_stderr', 'negative_mass')},
 }
 summary
