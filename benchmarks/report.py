@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPORT_DIR_ENV = 'SPECTRAL_DENSITY_REPORT_DIR'
 INDEX = 'index.md'
 _NAME = re.compile(r'^[a-z0-9_]+$')
-_FILE = re.compile(r'^([a-z0-9_]+)_(\d{4}-\d\d-\d\dT\d{4}Z)\.md$')
+_FILE = re.compile(r'^([a-z0-9_]+)_(\d{4}-\d\d-\d\d(?:T\d{4}Z)?)\.md$')
 
 
 def report_dir():
