@@ -5,10 +5,13 @@ Vectors are flat ``[dim]`` arrays (or this device's slice of them with
 (a flat vector is a pytree of one leaf); this module adds what the flat path
 has beyond it: projection masks, a basis split by rows over devices (inner
 products completed by a `psum`), start vectors drawn whole, the pooled Gram
-matrix of a pass. The whole run is one `lax.while_loop` over a fixed-shape state, so compile time
-does not grow with the order. Several draws (independent start vectors) run as
-one `vmap`-ed batch: their matrix-vector products become one batched product,
-which for a dataset operator shares every forward pass over the data.
+matrix of a pass.
+
+The whole run is one `lax.while_loop` over a fixed-shape state, so compile
+time does not grow with the order. Several draws (independent start vectors)
+run as one `vmap`-ed batch: their matrix-vector products become one batched
+product, which for a dataset operator shares every forward pass over the
+data.
 
 Precision (`precision`):
 
