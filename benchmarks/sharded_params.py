@@ -19,12 +19,7 @@ so in the table). Writes a dated report under docs/reports/.
 """
 
 import argparse
-import datetime
 import os
-import pathlib
-import platform
-import subprocess
-import sys
 import time
 
 if __name__ == '__main__' and 'XLA_FLAGS' not in os.environ:
@@ -34,6 +29,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from benchmarks import report  # pylint: disable=g-import-not-at-top
 from spectral_density import mesh_layout  # pylint: disable=g-import-not-at-top
 from spectral_density import sharded  # pylint: disable=g-import-not-at-top
 
@@ -42,7 +38,6 @@ LAYOUTS = {  # name: (mesh shape, axis names, FSDP axis or None)
     'fsdp8': ((8,), ('fsdp',), 'fsdp'),
     'fsdp4xdata2': ((2, 4), ('data', 'fsdp'), 'fsdp'),
 }
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # The lent H200's measured rate on a product (README, 'The rule of thumb sits
 # at the FLOP floor'): ResNet-18's H v is 25.85 GFLOP per example (XLA
 # count); 10,000 examples took 2.375 s (docs/accelerator_h200.txt, run 2).
@@ -113,6 +108,10 @@ def decoder_data(seed, num_examples, *, vocab=64, seq_len=8):
                                  dtype=np.int32)}
 
 
+def num_params(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
 def gpt_problem(key, *, width, depth, seq_len, examples):
   """(params, loss, data) of the GPT of experiments/transformer.py (4 heads,
   MLP 4 x width) on `examples` byte sequences of the 'stdlib' corpus; the
@@ -141,10 +140,6 @@ def problem(model, key, *, width, depth, seq_len, vocab, examples):
                           seq_len=seq_len)
   return params, decoder_loss, decoder_data(0, examples, vocab=vocab,
                                             seq_len=seq_len)
-
-
-def num_params(params):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
 def operator(layout, params, data, batch_size, devices=None,
@@ -185,6 +180,17 @@ def data_bytes_per_device(op):
              for x in jax.tree.leaves(op.data))
 
 
+def basis_bytes_per_device(op, order):
+  """One device's slice of the basis ``[order, ...]`` of every leaf, laid
+  out as the Lanczos run lays it out (`ShardedOperator.layout`)."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(op.params),
+                  jax.tree.leaves(op.layout(1, basis=True))):
+    shape = s.shard_shape((order,) + x.shape)
+    total += int(np.prod(shape)) * jnp.dtype(op.dtype).itemsize
+  return total
+
+
 def program_bytes(op, order):
   """Per-device bytes of the product and of the whole Lanczos run, less the
   data's, so that what is left is parameters, tangents, vectors, basis and
@@ -219,37 +225,27 @@ def _timed(fn, reps=3):
   return (time.perf_counter() - start) / reps
 
 
-def _commit():
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
-                          capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
-def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
+def run(widths, order, depth=2, seq_len=8, vocab=64, examples=128,
         batch_size=16, tridiag_order=10, model='decoder'):
-  lines = []
-  say = lambda s='': (print(s, file=out), lines.append(s))
+  """Prints the report's tables (Markdown) for models of `widths`."""
   if model == 'gpt':
     vocab = 256
   described = ('GPT of experiments/transformer.py on stdlib bytes'
                if model == 'gpt' else 'decoder on random tokens')
-  say(f'Device: {jax.devices()[0].device_kind} x {jax.device_count()}; '
-      f'{described}, depth {depth}, seq {seq_len}, vocab {vocab}; '
-      f'order {order} '
-      f'(memory), {tridiag_order} (tridiagonal); {examples} examples, '
-      f'batch {batch_size}; float32')
-  say('')
-  say('width | params | layout | product MB/device | Lanczos MB/device | '
-      'Lanczos bytes/param/device | vs replicated | product time ratio | '
-      'tridiag max rel diff')
-  say('|'.join(['---'] * 9))
+  print(f'Device: {jax.devices()[0].device_kind} x {jax.device_count()}; '
+        f'{described}, depth {depth}, seq {seq_len}, vocab {vocab}; '
+        f'order {order} '
+        f'(memory), {tridiag_order} (tridiagonal); {examples} examples, '
+        f'batch {batch_size}; float32')
+  print()
+  print('| width | params | layout | product MB/device | Lanczos MB/device | '
+        'Lanczos bytes/param/device | basis copies | vs replicated | '
+        'product time ratio | tridiag max rel diff |')
+  print('|' + '---|' * 10)
   make = lambda width: problem(model, jax.random.key(width), width=width,
                                depth=depth, seq_len=seq_len, vocab=vocab,
                                examples=examples)
-  per_param = {}
+  per_param, copies = {}, {}
   for width in widths:
     params, loss, data = make(width)
     n = num_params(params)
@@ -267,38 +263,44 @@ def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
       diff = float(np.max(np.abs(res.tridiag - base[2])) /
                    np.max(np.abs(base[2])))
       per_param[(width, name)] = mem['lanczos'] / n
-      say(f'{width} | {n:,} | {name} | {mem["product"] / 1e6:.3f} | '
-          f'{mem["lanczos"] / 1e6:.3f} | {mem["lanczos"] / n:.1f} | '
-          f'{mem["lanczos"] / base[0]["lanczos"]:.3f} | '
-          f'{seconds / base[1]:.2f} | {diff:.1e}')
+      copies[(width, name)] = mem['lanczos'] / basis_bytes_per_device(op,
+                                                                      order)
+      print(f'| {width} | {n:,} | {name} | {mem["product"] / 1e6:.3f} | '
+            f'{mem["lanczos"] / 1e6:.3f} | {mem["lanczos"] / n:.1f} | '
+            f'{copies[(width, name)]:.2f} | '
+            f'{mem["lanczos"] / base[0]["lanczos"]:.3f} | '
+            f'{seconds / base[1]:.2f} | {diff:.1e} |')
   width = widths[-1]
   params, loss, data = make(width)
   flops_token = hv_flops_per_token(params, seq_len, batch_size, loss, data)
   flops_per_param_token = flops_token / num_params(params)
-  say('')
-  say('Derived from the measurements above (largest width; the fixed '
-      'activations shrink per parameter as width grows, so this '
-      'overstates bytes per parameter):')
+  print()
+  print('Derived from the measurements above (largest width; the fixed '
+        'activations shrink per parameter as width grows, so this '
+        'overstates bytes per parameter):')
+  print()
   bpp = per_param[(width, 'fsdp8')] * 8  # bytes per parameter, all devices
-  say(f'- measured: Lanczos program, FSDP 8, order {order}: '
-      f'{per_param[(width, "fsdp8")]:.1f} bytes per parameter per device, '
-      f'{bpp:.0f} over the 8 devices')
+  print(f'- measured: Lanczos program, FSDP 8, order {order}: '
+        f'{per_param[(width, "fsdp8")]:.1f} bytes per parameter per device, '
+        f'{bpp:.0f} over the 8 devices ({copies[(width, "fsdp8")]:.2f} times '
+        "the device's slice of the basis)")
   # The basis rows scale with the order (4 bytes each, float32); the rest
   # (parameters, vectors, temporaries) does not.
   at90 = bpp + 4 * (90 - order)
-  say(f'- derived: at order 90, {at90:.0f} bytes per parameter over 8 '
-      f'devices; the largest model whose order-90 spectrum fits 8 x 80 GB: '
-      f'{8 * 80e9 / at90 / 1e9:.2f} B parameters (the activations of one '
-      'batch measured at this tiny batch only)')
-  say(f'- measured (XLA cost analysis, width {width}): H v = '
-      f'{flops_token / 1e6:.3f} MFLOP per token = '
-      f'{flops_per_param_token:.2f} FLOP per parameter per token')
-  say('')
-  say('Cost of one order-90 draw, 1B-parameter LM, float32 basis, '
-      '1M-token Hessian set (derived):')
-  say('system | basis + 2 vectors GB/device | FLOP | sustained FLOP/s (whole '
-      'system) | time')
-  say('---|---|---|---|---')
+  print(f'- derived: at order 90, {at90:.0f} bytes per parameter over 8 '
+        f'devices; the largest model whose order-90 spectrum fits 8 x 80 GB: '
+        f'{8 * 80e9 / at90 / 1e9:.2f} B parameters (the activations of one '
+        'batch measured at this tiny batch only)')
+  print(f'- measured (XLA cost analysis, width {width}): H v = '
+        f'{flops_token / 1e6:.3f} MFLOP per token = '
+        f'{flops_per_param_token:.2f} FLOP per parameter per token')
+  print()
+  print('Cost of one order-90 draw, 1B-parameter LM, float32 basis, '
+        '1M-token Hessian set (derived):')
+  print()
+  print('| system | basis + 2 vectors GB/device | FLOP | sustained FLOP/s '
+        '(whole system) | time |')
+  print('|---|---|---|---|---|')
   n, tokens = 1e9, 1e6
   total_flops = 90 * flops_per_param_token * n * tokens
   h200 = H200_HV_FLOPS_PER_S
@@ -306,13 +308,14 @@ def run(widths, order, out, depth=2, seq_len=8, vocab=64, examples=128,
   for system, chips, rate in (('8 x H200-class GPU (80 GB)', 8, h200),
                               ('64-chip TPU v5p slice', 64, tpu)):
     gb = (90 + 4) * 4 * n / chips / 1e9
-    say(f'{system} | {gb:.1f} | {total_flops:.2e} | {chips * rate:.2e} | '
-        f'{total_flops / (chips * rate) / 60:.1f} min')
-  say(f'(per-chip rate: the lent H200 measured {h200 / 1e12:.0f} TFLOP/s on '
-      'ResNet-18 products (docs/accelerator_h200.txt, XLA count); the TPU '
-      f'chip assumed at the same fraction ({h200 / H200_TF32_PEAK:.2f}) of '
-      'its datasheet peak; scaling assumed perfect: derived, not measured)')
-  return lines
+    print(f'| {system} | {gb:.1f} | {total_flops:.2e} | {chips * rate:.2e} | '
+          f'{total_flops / (chips * rate) / 60:.1f} min |')
+  print()
+  print(f'(per-chip rate: the lent H200 measured {h200 / 1e12:.0f} TFLOP/s '
+        'on ResNet-18 products (docs/accelerator_h200.txt, XLA count); the '
+        'TPU chip assumed at the same fraction '
+        f'({h200 / H200_TF32_PEAK:.2f}) of its datasheet peak; scaling '
+        'assumed perfect: derived, not measured)')
 
 
 def main(argv=None):
@@ -323,35 +326,16 @@ def main(argv=None):
                       help='decoder: written out here, random tokens; gpt: '
                       'experiments/transformer.py on stdlib bytes')
   parser.add_argument('--seq_len', type=int, default=8)
-  parser.add_argument('--report', default=None,
-                      help='report path (default docs/reports/...)')
   args = parser.parse_args(argv)
   if jax.device_count() < 8:
     raise SystemExit('needs 8 devices (XLA_FLAGS='
                      '--xla_force_host_platform_device_count=8 on CPU)')
-  widths = [int(w) for w in args.widths.split(',')]
   start = time.time()
-  lines = run(widths, args.order, sys.stdout, seq_len=args.seq_len,
-              model=args.model)
-  today = datetime.datetime.now(datetime.timezone.utc)
-  path = pathlib.Path(args.report) if args.report else (
-      REPO / 'docs' / 'reports' /
-      f'sharded_params_{today:%Y-%m-%d}.md')
-  path.parent.mkdir(parents=True, exist_ok=True)
-  header = [
-      '# Sharded parameters: memory, time, exactness',
-      '',
-      f'- commit: {_commit()} (plus uncommitted changes if any)',
-      f'- date: {today:%Y-%m-%d %H:%M} UTC',
-      f'- machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
-      f'{platform.platform()}, jax {jax.__version__}',
-      '- command: `python -m benchmarks.sharded_params '
-      + ' '.join(argv if argv is not None else sys.argv[1:]) + '`',
-      f'- wall time: {time.time() - start:.0f} s',
-      '', '```']
-  path.write_text('\n'.join(header + lines + ['```', '']))
-  print(f'\nwrote {path}')
+  run([int(w) for w in args.widths.split(',')], args.order,
+      seq_len=args.seq_len, model=args.model)
+  print()
+  print(f'Wall time: {time.time() - start:.0f} s.')
 
 
 if __name__ == '__main__':
-  main()
+  report.run('sharded_params', main)

@@ -22,7 +22,7 @@ from spectral_density import recurrence
 from spectral_density.recurrence import BASES
 # PRECISIONS, STARTS, BASES: their public home (configs import them here).
 from spectral_density.recurrence import PRECISIONS  # pylint: disable=unused-import
-from spectral_density.recurrence import STARTS
+from spectral_density.tree_recurrence import STARTS
 
 
 class LanczosResult(NamedTuple):

@@ -1,9 +1,17 @@
-"""The Lanczos recurrence: a fixed-shape state, one step, and the programs.
+"""The flat Lanczos recurrence: a fixed-shape state and the programs.
 
-The whole run is one `lax.while_loop` over a fixed-shape state, so compile time
-does not grow with the order. Several draws (independent start vectors) run as
-one `vmap`-ed batch: their matrix-vector products become one batched product,
-which for a dataset operator shares every forward pass over the data.
+Vectors are flat ``[dim]`` arrays (or this device's slice of them with
+``basis='sharded'``). The step and the loop of steps are `tree_recurrence`'s
+(a flat vector is a pytree of one leaf); this module adds what the flat path
+has beyond it: projection masks, a basis split by rows over devices (inner
+products completed by a `psum`), start vectors drawn whole, the pooled Gram
+matrix of a pass.
+
+The whole run is one `lax.while_loop` over a fixed-shape state, so compile
+time does not grow with the order. Several draws (independent start vectors)
+run as one `vmap`-ed batch: their matrix-vector products become one batched
+product, which for a dataset operator shares every forward pass over the
+data.
 
 Precision (`precision`):
 
@@ -34,13 +42,13 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from spectral_density import parallel
 from spectral_density import precision as precision_lib
+from spectral_density import tree_recurrence
+from spectral_density.tree_recurrence import tridiag
 
 PRECISIONS = ('float32', 'float64', 'mixed')
-STARTS = ('gaussian', 'rademacher')
 BASES = ('device', 'sharded', 'host', 'none')
 
 
@@ -93,85 +101,37 @@ def _start_vector(key, dim, dtype, start, mask=None):
 def init_state(key, mask, dim, order, dtype, start, reorthogonalize, num_shards=1):
   """The state before step 0. `mask`: ``[dim]`` or None (no projection: the
   state holds an empty ``[0]`` mask)."""
-  zero = jnp.zeros((), dtype)
   v = _start_vector(key, dim, dtype, start, mask)
   mask = jnp.zeros((0,), dtype) if mask is None else mask.astype(dtype)
   if num_shards > 1:  # the same start vector as unsharded, sliced
     v = parallel.local_slice(v, num_shards)
     if mask.size:
       mask = parallel.local_slice(mask, num_shards)
-  size = v.shape[0]
-  return State(
-      basis=jnp.zeros((order if reorthogonalize else 0, size), dtype),
-      alphas=jnp.zeros((order,), dtype), betas=jnp.zeros((order,), dtype),
-      v_prev=jnp.zeros((size,), dtype), v=v,
-      beta_prev=zero, norm_est=zero, num_steps=jnp.zeros((), jnp.int32),
-      done=jnp.zeros((), bool), bad_step=jnp.full((), -1, jnp.int32),
-      mask=mask)
-
-
-def record(state, step):
-  """Stores the current vector in the basis (before its product is used)."""
-  if state.basis.shape[0] == 0:
-    return state
-  return state._replace(basis=state.basis.at[step].set(state.v))
+  core = tree_recurrence.init_state(v, order, reorthogonalize)
+  return State(*core, mask=mask)
 
 
 def update(state, step, w, tol, reorth_passes, sharded=False):
-  """One Lanczos step given ``w = A v``.
-
-  Three-term recurrence, then `reorth_passes` classical Gram-Schmidt passes
-  against the whole basis ("twice is enough"); rows not yet filled are zero and
-  so drop out of the projection. `sharded`: vectors are this device's slices,
-  so every inner product is completed by a `psum` over the devices.
-  """
-  total = parallel.psum if sharded else (lambda x: x)
-  dtype = state.v.dtype
-  w = w.astype(dtype)
-  finite = total(jnp.sum(~jnp.isfinite(w), dtype=jnp.int32)) == 0
-  bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
-                       jnp.asarray(step, jnp.int32), state.bad_step)
-  w = jnp.where(finite, w, 0)
-  if state.mask.shape[-1]:  # P w: Lanczos on the block P A P
-    w = w * state.mask
-  alpha = total(jnp.vdot(w, state.v))
-  w = w - alpha * state.v - state.beta_prev * state.v_prev
-  for _ in range(reorth_passes if state.basis.shape[0] else 0):
-    w = w - state.basis.T @ total(state.basis @ w)
-  beta = jnp.sqrt(total(jnp.vdot(w, w))) if sharded else jnp.linalg.norm(w)
-  norm_est = jnp.maximum(state.norm_est,
-                         jnp.abs(alpha) + state.beta_prev + beta)
-  live = ~state.done
-  breakdown = live & (beta <= tol * norm_est)
-  beta = jnp.where(breakdown | state.done, jnp.zeros_like(beta), beta)
-  v_next = jnp.where(beta > 0, w / jnp.where(beta > 0, beta, 1), 0)
-  return State(
-      basis=state.basis,
-      alphas=state.alphas.at[step].set(jnp.where(live, alpha, 0)),
-      betas=state.betas.at[step].set(beta),
-      v_prev=state.v, v=v_next.astype(dtype), beta_prev=beta,
-      norm_est=norm_est, num_steps=state.num_steps + live.astype(jnp.int32),
-      done=state.done | breakdown, bad_step=bad_step, mask=state.mask)
+  """One Lanczos step given ``w = A v``: `tree_recurrence.update` of a flat
+  vector, projected by the state's mask if it has one. `sharded`: vectors
+  are this device's slices, so every inner product is completed by a `psum`
+  over the devices."""
+  return tree_recurrence.update(
+      state, step, w, tol, reorth_passes,
+      mask=state.mask if state.mask.shape[-1] else None,
+      total=parallel.psum if sharded else None)
 
 
 def record_all(states, step):
-  """`record` of every draw of a batch of states."""
-  return jax.vmap(record, in_axes=(0, None))(states, step)
+  """Stores every draw's current vector in row `step` of its basis
+  (`tree_recurrence.record`)."""
+  return jax.vmap(tree_recurrence.record, in_axes=(0, None))(states, step)
 
 
 def update_all(config, states, step, w, sharded=False):
   """`update` of every draw of a batch of states; `w` ``[k, dim]``."""
   return jax.vmap(update, in_axes=(0, None, 0, None, None, None))(
       states, step, w, config.tol, config.reorth_passes, sharded)
-
-
-def tridiag(alphas, betas):
-  """``[m, m]`` symmetric tridiagonal of ``alphas [m]`` and ``betas [m]``
-  (``betas[j]`` couples ``j`` and ``j + 1``; the last one is not used);
-  numpy in, numpy out (host progress reports), else `jax.numpy`."""
-  xp = np if isinstance(alphas, np.ndarray) else jnp
-  off = betas[:-1]
-  return xp.diag(alphas) + xp.diag(off, 1) + xp.diag(off, -1)
 
 
 # A pass of k draws of order m returns the Gram matrix ``[k m, k m]`` of its
@@ -249,33 +209,10 @@ def programs(config):
 
   def segment(reduce, states, start, stop):
     reduce = on_products(reduce)
-    # Steps until `stop`, or until a product was not finite (the run will
-    # raise: no more passes over the data) or every draw broke down (the
-    # rest of the tridiagonal is zeros either way).
-    def go_on(carry):
-      i, states = carry
-      return (i < stop) & ~jnp.any(states.bad_step >= 0) & ~jnp.all(
-          states.done)
-    first = jnp.asarray(start, jnp.int32)
-    if states.v.shape[0] == 1:
-      # One draw: unbatched code. XLA keeps two extra copies of a [1, order,
-      # dim] basis in the loop (measured), but updates [order, dim] in place.
-      def step_one(carry):
-        i, state = carry
-        state = record(state, i)
-        w = reduce(state.v.astype(mv_dtype)[None])[0]
-        return i + 1, update(state, i, w, config.tol, config.reorth_passes,
-                             sharded)
-      state = jax.tree.map(lambda x: x[0], states)
-      _, state = jax.lax.while_loop(go_on, step_one, (first, state))
-      return jax.tree.map(lambda x: x[None], state)
-    def step(carry):
-      i, states = carry
-      states = record_all(states, i)
-      w = reduce(states.v.astype(mv_dtype))
-      return i + 1, update_all(config, states, i, w, sharded)
-    _, states = jax.lax.while_loop(go_on, step, (first, states))
-    return states
+    product = lambda vs: reduce(vs.astype(mv_dtype))
+    update_one = lambda state, i, w: update(state, i, w, config.tol,
+                                            config.reorth_passes, sharded)
+    return tree_recurrence.steps(states, start, stop, product, update_one)
 
   def finish(reduce, states):
     del reduce

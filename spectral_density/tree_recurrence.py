@@ -1,23 +1,33 @@
-"""The Lanczos recurrence over vectors laid out like the parameters (pytrees).
+"""The Lanczos step, once, over vectors that are pytrees; and the loop of steps.
 
-The same fixed-shape state and the same step as `recurrence` (three-term
-recurrence, `reorth_passes` classical Gram-Schmidt passes against the whole
-basis, breakdown at ``beta <= tol * ||T_j||``, the first non-finite product
-recorded), written over a small vector space of pytrees: `dot`, `axpy`,
-`scale`, `basis_coefficients`, `basis_combination`. A vector is a pytree whose
-leaves have the parameters' shapes; the basis is ``[order, *leaf.shape]`` per
-leaf. Nothing here ravels a pytree into one flat array: under `jit`, each
-leaf of every vector and of the basis keeps the layout that `constrain` gives
-it (the parameters' sharding), and the inner products are sums over leaves
-of per-leaf `vdot`s, which GSPMD completes by reductions over the devices.
-A flat ``[n]`` array is a pytree of one leaf, so the same code runs the flat
-case (tests check it step for step against `recurrence`).
+Both Lanczos paths run this step: `recurrence` (flat ``[n]`` vectors, a
+pytree of one leaf, replicated or a slice per device) and `sharded` (vectors
+laid out like sharded parameters). The step: three-term recurrence,
+`reorth_passes` classical Gram-Schmidt passes against the whole basis ("twice
+is enough"), breakdown at ``beta <= tol * ||T_j||``, the first non-finite
+product recorded. It is written over a small vector space of pytrees: `dot`,
+`basis_coefficients`, `basis_combination`. A vector is a
+pytree whose leaves have the parameters' shapes; the basis is ``[order,
+*leaf.shape]`` per leaf. Nothing here ravels a pytree into one flat array:
+under `jit`, each leaf of every vector and of the basis keeps the layout that
+`constrain` gives it (the parameters' sharding), and the inner products are
+sums over leaves of per-leaf products, which GSPMD completes by reductions
+over the devices. Two options carry the flat path's extras: `total` completes
+inner products of per-device slices (a `psum`, for a basis split by rows of
+``dim``), `mask` projects every product (Lanczos on a diagonal block).
+
+Memory: the basis is held once in the loop. A step reads the basis (the
+Gram-Schmidt passes) and then writes the next vector into it (`steps`
+records ``v_{j+1}`` at the end of step ``j``, not ``v_j`` at its start), so
+XLA updates the loop's buffer in place; recorded first, the written basis
+fed both the loop's carry and the products, and XLA made two more copies of
+it (measured, `benchmarks/sharded_params.py`).
 
 A program here is ``program(reduce, constrain, ...)``: ``reduce`` maps a
 batch of vectors (leaves ``[k, *leaf.shape]``) to their products;
 ``constrain(tree, lead, basis=False)`` pins a pytree whose leaves have `lead`
 leading axes (a batch of vectors, a basis: `basis` True) to its layout (the
-identity when nothing is sharded). Several draws run as one `vmap`-ed batch, as in `recurrence`.
+identity when nothing is sharded). Several draws run as one `vmap`-ed batch.
 """
 
 import functools
@@ -25,6 +35,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 STARTS = ('gaussian', 'rademacher')
 
@@ -44,32 +55,29 @@ class State(NamedTuple):
 
 # The vector space: pytrees with the parameters' structure and shapes.
 
+def _sum(terms):
+  return functools.reduce(jnp.add, terms)
+
+
 def dot(a, b):
   """``sum_leaves vdot(a_leaf, b_leaf)``: one scalar, a global reduction when
   the leaves are sharded."""
-  return functools.reduce(
-      jnp.add, [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a),
-                                                jax.tree.leaves(b))])
-
-
-def axpy(alpha, x, y):
-  """``alpha x + y``."""
-  return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
-
-
-def scale(alpha, x):
-  return jax.tree.map(lambda xi: alpha * xi, x)
+  return _sum([jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a),
+                                               jax.tree.leaves(b))])
 
 
 def norm(x):
   return jnp.sqrt(dot(x, x))
 
 
+def scale(alpha, x):
+  return jax.tree.map(lambda xi: alpha * xi, x)
+
+
 def basis_coefficients(basis, w):
   """``B w``: ``[order]``, the inner products of every basis row with `w`."""
-  return functools.reduce(jnp.add, [
-      jnp.tensordot(b, x, axes=x.ndim) for b, x in zip(
-          jax.tree.leaves(basis), jax.tree.leaves(w))])
+  return _sum([jnp.tensordot(b, x, axes=x.ndim) for b, x in zip(
+      jax.tree.leaves(basis), jax.tree.leaves(w))])
 
 
 def basis_combination(basis, c):
@@ -106,34 +114,62 @@ def _rows(state):
 
 
 def record(state, step):
-  """Stores the current vector in the basis (before its product is used)."""
-  if _rows(state) == 0:
+  """Stores the current vector in row `step` of the basis; `step` past the
+  last row (after the last step) leaves the basis as it is."""
+  rows = _rows(state)
+  if rows == 0:
     return state
-  # dynamic_update_index_in_dim, not .at[step].set: the scatter's
-  # out-of-bounds handling made XLA copy the basis every step (measured).
-  return state._replace(basis=jax.tree.map(
-      lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, step, 0),
-      state.basis, state.v))
+  def put(b, x, x_prev):
+    # Past the last row, the update clamps `step` to it and writes `x_prev`,
+    # which that row holds after the last step (each step's `v_prev` is the
+    # vector recorded for it): no read of the basis, no temporary.
+    x = jnp.where(step < rows, x, x_prev)
+    # dynamic_update_index_in_dim, not .at[step].set: the scatter's
+    # out-of-bounds handling made XLA copy the basis every step (measured).
+    return jax.lax.dynamic_update_index_in_dim(b, x, step, 0)
+  return state._replace(basis=jax.tree.map(put, state.basis, state.v,
+                                           state.v_prev))
 
 
-def update(state, step, w, tol, reorth_passes):
-  """One Lanczos step given ``w = A v`` (a pytree like `v`); the step of
-  `recurrence.update` over this module's vector space."""
+def _same(x):
+  return x
+
+
+def update(state, step, w, tol, reorth_passes, mask=None, total=None):
+  """One Lanczos step given ``w = A v`` (a pytree like `v`).
+
+  Args:
+    state: a `State`, or any NamedTuple with its fields (`recurrence.State`).
+    step: the step's index ``j``.
+    w: ``A v``, a pytree like ``state.v``.
+    tol: relative breakdown tolerance.
+    reorth_passes: classical Gram-Schmidt passes against the whole basis;
+      rows not yet filled are zero and so drop out of the projection.
+    mask: a pytree like `w` of 0/1, or None: ``P w`` replaces `w`, so the
+      recurrence runs on the block ``P A P``.
+    total: completes every inner product of per-device slices (a `psum`
+      over the devices) or None (whole vectors, or GSPMD completes them).
+
+  Returns:
+    `state` after step ``j``: ``alphas[j]``, ``betas[j]``, the next vector.
+  """
+  total = total or _same
   dtype = state.alphas.dtype
   w = jax.tree.map(lambda x: x.astype(dtype), w)
-  bad = functools.reduce(jnp.add, [jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
-                                   for x in jax.tree.leaves(w)])
-  finite = bad == 0
+  finite = total(_sum([jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+                       for x in jax.tree.leaves(w)])) == 0
   bad_step = jnp.where((state.bad_step < 0) & ~finite & ~state.done,
                        jnp.asarray(step, jnp.int32), state.bad_step)
   w = jax.tree.map(lambda x: jnp.where(finite, x, 0), w)
-  alpha = dot(w, state.v)
+  if mask is not None:
+    w = jax.tree.map(jnp.multiply, w, mask)
+  alpha = total(dot(w, state.v))
   w = jax.tree.map(lambda x, v, u: x - alpha * v - state.beta_prev * u,
                    w, state.v, state.v_prev)
   for _ in range(reorth_passes if _rows(state) else 0):
     w = jax.tree.map(jnp.subtract, w, basis_combination(
-        state.basis, basis_coefficients(state.basis, w)))
-  beta = norm(w)
+        state.basis, total(basis_coefficients(state.basis, w))))
+  beta = jnp.sqrt(total(dot(w, w)))
   norm_est = jnp.maximum(state.norm_est,
                          jnp.abs(alpha) + state.beta_prev + beta)
   live = ~state.done
@@ -141,8 +177,7 @@ def update(state, step, w, tol, reorth_passes):
   beta = jnp.where(breakdown | state.done, jnp.zeros_like(beta), beta)
   safe = jnp.where(beta > 0, beta, 1)
   v_next = jax.tree.map(lambda x: jnp.where(beta > 0, x / safe, 0), w)
-  return State(
-      basis=state.basis,
+  return state._replace(
       alphas=state.alphas.at[step].set(jnp.where(live, alpha, 0)),
       betas=state.betas.at[step].set(beta),
       v_prev=state.v, v=v_next, beta_prev=beta,
@@ -150,10 +185,62 @@ def update(state, step, w, tol, reorth_passes):
       done=state.done | breakdown, bad_step=bad_step)
 
 
+def steps(states, start, stop, product, update_one):
+  """Steps ``start .. stop - 1`` of a batch of draws, as one `while_loop`.
+
+  Stops early when a product was not finite (the run will raise: no more
+  passes over the data) or every draw broke down (the rest of the
+  tridiagonal is zeros either way).
+
+  Args:
+    states: a batch of states (every leaf ``[k, ...]``): `State` or
+      `recurrence.State`.
+    start, stop: the steps (ints or traced scalars).
+    product: maps the current vectors (leaves ``[k, ...]``) to their
+      products.
+    update_one: ``(state, step, w) -> state``, one draw's `update`.
+
+  Returns:
+    The states after the steps.
+  """
+  def go_on(carry):
+    i, states = carry
+    return (i < stop) & ~jnp.any(states.bad_step >= 0) & ~jnp.all(
+        states.done)
+  first = jnp.asarray(start, jnp.int32)
+  # Each step records the next vector: row `start` first (saved states may
+  # hold it already, rewritten with the same values).
+  if states.alphas.shape[0] == 1:
+    # One draw: unbatched code (the products of a batch of one, as before).
+    squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
+    expand = lambda t: jax.tree.map(lambda x: x[None], t)
+    def step_one(carry):
+      i, state = carry
+      state = update_one(state, i, squeeze(product(expand(state.v))))
+      return i + 1, record(state, i + 1)
+    state = record(squeeze(states), first)
+    _, state = jax.lax.while_loop(go_on, step_one, (first, state))
+    return expand(state)
+  record_all = jax.vmap(record, in_axes=(0, None))
+  update_all = jax.vmap(update_one, in_axes=(0, None, 0))
+  def step(carry):
+    i, states = carry
+    states = update_all(states, i, product(states.v))
+    return i + 1, record_all(states, i + 1)
+  # The loop's carry keeps the layout it enters with (`init` pins it): no
+  # constraint inside the body, where one cost copies of the basis.
+  _, states = jax.lax.while_loop(go_on, step,
+                                 (first, record_all(states, first)))
+  return states
+
+
 def tridiag(alphas, betas):
-  """``[m, m]`` symmetric tridiagonal (``betas[j]`` couples ``j``, ``j+1``)."""
+  """``[m, m]`` symmetric tridiagonal of ``alphas [m]`` and ``betas [m]``
+  (``betas[j]`` couples ``j`` and ``j + 1``; the last one is not used);
+  numpy in, numpy out (host progress reports), else `jax.numpy`."""
+  xp = np if isinstance(alphas, np.ndarray) else jnp
   off = betas[:-1]
-  return jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+  return xp.diag(alphas) + xp.diag(off, 1) + xp.diag(off, -1)
 
 
 class Config(NamedTuple):
@@ -197,37 +284,12 @@ def programs(config):
     return constrain_state(constrain, states)
 
   def segment(reduce, constrain, states, start, stop):
-    def go_on(carry):
-      i, states = carry
-      return (i < stop) & ~jnp.any(states.bad_step >= 0) & ~jnp.all(
-          states.done)
-    first = jnp.asarray(start, jnp.int32)
-    if states.alphas.shape[0] == 1:
-      # One draw: unbatched code, as in `recurrence`: XLA keeps extra copies
-      # of a vmapped [1, order, ...] basis in the loop, but updates an
-      # [order, ...] one in place.
-      squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
-      expand = lambda t: jax.tree.map(lambda x: x[None], t)
-      def step_one(carry):
-        i, state = carry
-        state = record(state, i)
-        w = reduce(expand(jax.tree.map(lambda x: x.astype(mv_dtype),
-                                       state.v)))
-        state = update(state, i, squeeze(w), config.tol, config.reorth_passes)
-        return i + 1, state
-      _, state = jax.lax.while_loop(go_on, step_one, (first, squeeze(states)))
-      return expand(state)
-    def step(carry):
-      i, states = carry
-      states = jax.vmap(record, in_axes=(0, None))(states, i)
-      w = reduce(jax.tree.map(lambda x: x.astype(mv_dtype), states.v))
-      states = jax.vmap(update, in_axes=(0, None, 0, None, None))(
-          states, i, w, config.tol, config.reorth_passes)
-      return i + 1, states
-    # The loop's carry keeps the layout it enters with (`init` pins it):
-    # no constraint inside the body, where one cost copies of the basis.
-    _, states = jax.lax.while_loop(go_on, step, (first, states))
-    return states
+    del constrain
+    product = lambda vs: reduce(jax.tree.map(lambda x: x.astype(mv_dtype),
+                                             vs))
+    update_one = lambda state, i, w: update(state, i, w, config.tol,
+                                            config.reorth_passes)
+    return steps(states, start, stop, product, update_one)
 
   def finish(reduce, constrain, states):
     del reduce, constrain

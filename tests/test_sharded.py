@@ -217,7 +217,8 @@ def test_per_device_memory_is_a_sixth_of_the_replicated():
   # XLA's memory analysis of the compiled programs, per device, for a small
   # pre-LN decoder, less the data. The whole Lanczos run (parameters,
   # tangents, vectors, basis, and every temporary, gathered weights
-  # included): at most 1/6 of the replicated layout's. The product
+  # included): at most 1/6 of the replicated layout's at order 90 (where the
+  # basis outweighs this tiny model's fixed costs). The product
   # program's parameters, tangent and product (its arguments and outputs):
   # 1/8 with FSDP 8, 1/4 with FSDP 4 x data 2 (the parameters are split over
   # 4 devices there; the basis's rows are dealt over the data axis too).
@@ -229,7 +230,7 @@ def test_per_device_memory_is_a_sixth_of_the_replicated():
     data_bytes = sharded_params.data_bytes_per_device(op)
     product = sharded_params.memory(op.lower_product().compile())
     lanczos = sharded_params.memory(
-        sharded.lanczos_program(op, 24).compile())
+        sharded.lanczos_program(op, 90).compile())
     measured[name] = (lanczos['total'] - data_bytes,
                       product['arguments'] + product['outputs'] - data_bytes,
                       split)
