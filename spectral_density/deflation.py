@@ -35,12 +35,13 @@ start the same formula is an upper bound, up to a factor ``(n + 2) / n``.
 
 The space ``S`` is spanned by the rows a pivoted Cholesky factorisation of
 the other draws' Gram matrix keeps (`_left_out_space`): a row is dropped when
-its distance to the span of the kept ones is below ``sqrt(tol)``, ``tol =
-sqrt(delta)``, with ``delta`` the Gram matrix's own error, measured on the
-draws' diagonal blocks (``max |G_bb - I|``; `gram_noise`). A kept direction
-of pivot ``g`` carries that error amplified by about ``1 / g``, so
-``sqrt(delta)`` balances it against the deflation lost (float64: tol about
-5e-8; float32 with its Gram computed in float32: about 1e-3).
+its squared distance to the span of the kept ones (its pivot) is below
+``tol = sqrt(delta)``, with ``delta`` the Gram matrix's own error, measured
+on the draws' diagonal blocks (``max |G_bb - I|``; `gram_noise`) and rounded
+up to a power of 10. A kept direction of pivot ``g`` carries that error
+amplified by about ``1 / g``, so ``sqrt(delta)`` balances it against the
+deflation lost (float64: tol 1e-7; float32 with its Gram matrix computed in
+float32: 1e-3).
 
 Spectral sums ``tr f(A)`` (`deflated_sum_samples`): ``u^T (I - P) f(A) (I -
 P) u`` is not in the run for a nonlinear ``f``, so the deflation keeps only
@@ -102,7 +103,8 @@ class PooledBases(NamedTuple):
     order, dim: ``m`` and ``n``.
     linked: ``[D, D]`` whether the inner products of two draws' bases are
       known (draws of one pass; every pair when the bases are kept).
-    tol: the pivot tolerance of `_left_out_space`, ``sqrt(gram_noise)``.
+    tol: the pivot tolerance of `_left_out_space`: the square root of
+      `gram_noise` rounded up to a power of 10.
   """
   gram: np.ndarray
   blocks: np.ndarray
@@ -153,7 +155,10 @@ def pooled_bases(tridiag, gram, num_steps, dim):
   # space, the next residual is 0) leaves ``A v_{k-1}`` in the basis too.
   usable = [int(k) if k < order or k >= dim else int(k) - 1
             for k in num_steps]
-  tol = float(np.sqrt(gram_noise(gram, usable, order)))
+  # The noise rounded up to a power of 10: runs that differ only in their
+  # summation order then keep the same rows.
+  noise = 10.0 ** np.ceil(np.log10(gram_noise(gram, usable, order)))
+  tol = float(np.sqrt(noise))
   return PooledBases(gram, blocks, usable, order, int(dim), linked, tol)
 
 
