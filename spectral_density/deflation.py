@@ -258,8 +258,9 @@ def _trace_sample(tridiag, pool, gram_a, d, space):
   r[rows] -= y                                            # (I - P) u
   b_u = pool.blocks @ r                                   # A (I - P) u
   b_u[rows] -= inverse @ (pool.gram[rows] @ b_u)          # B u
-  # A squared norm from the Gram matrix is only accurate to eps x the
-  # coefficients' size; a space of `dim` rows is the whole space: B = 0.
+  # A space of `dim` rows is the whole space: B = 0, nothing is sampled (a
+  # squared norm from the Gram matrix would be rounding, eps x the squared
+  # coefficients).
   square = 0.0 if rows.size >= pool.dim else float(b_u @ pool.gram @ b_u)
   return TraceSample(deflated + pool.dim * float(quad), deflated,
                      pool.dim * max(square, 0.0))
