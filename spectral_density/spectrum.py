@@ -320,10 +320,10 @@ class SpectrumResult:
     The other draws' spaces span R^10, so the deflation covers the space and
     the trace is exact up to rounding. In general the rest of the space is
     a random sample, unbiased with the error `trace_stderr`. That error is
-    the sampling error only: rounding adds a few 1e-3 of the largest
-    ``|eigenvalue|`` at most in float32 (a basis direction is kept down to
-    a squared distance of 1e-3 to the others, `deflation.gram_noise`), about
-    1e-9 in float64.
+    the sampling error only: rounding adds up to about 5e-3 of the largest
+    ``|eigenvalue|`` in float32 (a basis direction is kept down to a squared
+    distance of 1e-3 to the others, `deflation.gram_noise`), about 1e-7 in
+    float64.
     """
     return float(np.mean(self._trace_samples()))
 
