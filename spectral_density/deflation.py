@@ -33,7 +33,8 @@ and ``n ||B u||^2`` is an unbiased estimate of ``tr(B^2)``, again from the
 Gram matrix (``B u`` lies in the pooled bases). For a normalised Rademacher
 start the same formula is an upper bound, up to a factor ``(n + 2) / n``.
 The correlation between the samples is still left out: measured, it makes
-the standard error 5-15% too small (docs/guide/trace_and_error_bars.md).
+the standard error up to 10-30% too small at 8 draws, less with fewer
+(docs/guide/trace_and_error_bars.md).
 
 The space ``S`` is spanned by the rows a pivoted Cholesky factorisation of
 the other draws' Gram matrix keeps (`_left_out_space`): a row is dropped when

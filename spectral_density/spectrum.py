@@ -510,11 +510,12 @@ class SpectrumResult:
     Deflated (see `trace`): ``sqrt(sum_d var_d) / num_draws``, with each
     draw's variance given its deflation space estimated in closed form from
     the run (`deflation.trace_variances`), not from the spread of the
-    draws' estimates, which has ``num_draws - 1`` degrees of freedom and
-    misses their correlation. So `trace` +- 2 `trace_stderr` holds the exact
-    trace in about 95% of runs already at 2 draws (measured in
-    docs/guide/trace_and_error_bars.md; normalised Gaussian starts, the
-    default; with Rademacher starts it is an upper bound). Plain Hutchinson
+    draws' estimates, which has only ``num_draws - 1`` degrees of freedom
+    and sees their correlation as less spread. So `trace` +- 2 `trace_stderr` holds the exact
+    trace in about 95% of runs already at 2 draws (normalised Gaussian
+    starts, the default; with Rademacher starts it is an upper bound). The
+    correlation is still left out: at 8 draws it is 10-30% too small (the
+    coverage measured in docs/guide/trace_and_error_bars.md). Plain Hutchinson
     (``basis='none'``): the spread of the per-draw estimates over
     ``sqrt(num_draws)``; use a Student-t quantile with ``num_draws - 1``
     degrees of freedom (12.7 for 95% at 2 draws, 3.18 at 4).
