@@ -14,22 +14,14 @@ import numpy as np
 import pytest
 
 import spectral_density as sd
+from benchmarks import trace as trace_bench
 
 DIM, ORDER, SEEDS = 150, 15, 40
 
 
-def _hessian_like(seed=0):
-  """A few outliers, a bulk near 0, a few negative eigenvalues."""
-  rng = np.random.default_rng(seed)
-  ev = np.r_[rng.normal(0.02, 0.05, DIM - 9), -rng.uniform(0.1, 0.5, 4),
-             rng.uniform(2.0, 10.0, 5)]
-  q, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
-  return (q * ev) @ q.T
-
-
 @pytest.fixture(scope='module')
 def matrix():
-  return _hessian_like()
+  return trace_bench.hessian_like(DIM)
 
 
 def _errors_and_stderrs(a, precision, num_draws, seeds=SEEDS, order=ORDER):
@@ -86,26 +78,7 @@ def test_readme_mlp_trace_is_covered_in_float32():
   over 40 seeds, against its dense Hessian. And float32 deflates nearly as
   much as float64 (the former float32 threshold kept 80 of 117 directions
   against float64's 100: a 1.7 times larger error bar)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
-  class MLP(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      return nn.Dense(3)(nn.tanh(nn.Dense(16)(x)))
-
-  x = jax.random.normal(jax.random.key(0), (512, 20))
-  data = {'x': x, 'y': jnp.argmax(x[:, :3], axis=1)}
-  model = MLP()
-  params = model.init(jax.random.key(1), x[:1])['params']
-
-  def loss(params, batch):
-    logits = model.apply({'params': params}, batch['x'])
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['y']).mean()
-
-  hessian = np.asarray(sd.full_hessian(loss, params, data), np.float64)
+  hessian = trace_bench.readme_mlp_hessian()
   errors, stderrs = _errors_and_stderrs(hessian, 'float32', 4, order=40)
   _assert_unbiased_and_covered(errors, stderrs)
   _, stderrs64 = _errors_and_stderrs(hessian, 'float64', 4, order=40)
